@@ -1,0 +1,114 @@
+//! The one error type of the engine.
+//!
+//! Errors come from configuration (policy, rule packs, keys, model files), never from the text
+//! being scanned: scanning functions are infallible by design. Every error carries a stable
+//! machine-readable [`ErrorCode`] that the Python and Node bindings expose unchanged as `.code`.
+
+use std::fmt;
+
+/// Stable error codes shared by Rust, Python and Node.
+///
+/// The string form ([`ErrorCode::as_str`]) is part of the public contract: bindings expose it as
+/// `error.code`, and tests in all three languages compare against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The policy (TOML/JSON) is malformed or has an invalid value. `policy_invalid`.
+    PolicyInvalid,
+    /// A rule pack is malformed, or a rule's pattern does not compile. `rule_invalid`.
+    RuleInvalid,
+    /// A key (watermark / hashing / canary) is malformed, e.g. bad hex or too short. `key_invalid`.
+    KeyInvalid,
+    /// The input given to a non-scanning API is unusable (e.g. invalid UTF-8 passed to a binding,
+    /// a labelled JSONL row without `text`). Scanning itself never raises it. `input_invalid`.
+    InputInvalid,
+    /// A file could not be read. `io`.
+    Io,
+    /// A model file does not match its `MANIFEST` digest, or the manifest is missing. `model_integrity`.
+    ModelIntegrity,
+    /// The ONNX Runtime shared library could not be found or loaded. `runtime_missing`.
+    RuntimeMissing,
+    /// The model loaded but its inputs/outputs are not the expected signature. `model_signature`.
+    ModelSignature,
+    /// The classifier failed while scoring. `classifier_failed`.
+    ClassifierFailed,
+}
+
+impl ErrorCode {
+    /// The stable snake_case code, e.g. `"policy_invalid"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::PolicyInvalid => "policy_invalid",
+            ErrorCode::RuleInvalid => "rule_invalid",
+            ErrorCode::KeyInvalid => "key_invalid",
+            ErrorCode::InputInvalid => "input_invalid",
+            ErrorCode::Io => "io",
+            ErrorCode::ModelIntegrity => "model_integrity",
+            ErrorCode::RuntimeMissing => "runtime_missing",
+            ErrorCode::ModelSignature => "model_signature",
+            ErrorCode::ClassifierFailed => "classifier_failed",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An engine error: a stable [`ErrorCode`] plus a sentence naming what was wrong (for policy
+/// errors, the offending field path such as `thresholds.block`).
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Error {
+    code: ErrorCode,
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Error {
+    /// A new error with the given code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error { code, message: message.into(), source: None }
+    }
+
+    /// Attaches an underlying cause.
+    pub fn with_source(
+        mut self,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// The stable code of this error.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// The human-readable message (without the code prefix).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub(crate) fn policy(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::PolicyInvalid, message)
+    }
+
+    pub(crate) fn rule(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::RuleInvalid, message)
+    }
+
+    pub(crate) fn key(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::KeyInvalid, message)
+    }
+
+    pub(crate) fn io(path: &std::path::Path, err: std::io::Error) -> Self {
+        Error::new(ErrorCode::Io, format!("cannot read {}: {err}", path.display())).with_source(err)
+    }
+}
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

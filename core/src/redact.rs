@@ -1,0 +1,890 @@
+//! Output redaction: secrets, credentials, checksum-validated PII, canary tokens and custom deny
+//! terms, with tag / mask / keyed-hash / reversible pseudonym strategies, on whole texts and on
+//! streams.
+//!
+//! Invariant (property-tested): the text outside findings is copied byte for byte; only the
+//! bytes of each finding's span `start..end` (half-open byte offsets in the input, on char
+//! boundaries) are replaced by the finding's `replacement`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Mutex, OnceLock};
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::keys::hmac_sha256;
+use crate::policy::RedactionPolicy;
+use crate::validators::{
+    digits_of, iban_valid, is_card_number, is_placeholder, is_uuid, looks_like_identifier, shannon_entropy,
+    ssn_valid,
+};
+
+/// Kinds of sensitive values found in outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Entity {
+    /// E-mail address (RFC 5321 shape, dotted domain with a 2–24 letter TLD).
+    Email,
+    /// Telephone number: E.164-style `+CC …` (8–15 digits), NANP `(555) 010-0199` /
+    /// `555-010-0199`, or a 7-digit local `555-0100`.
+    Phone,
+    /// Payment card number: 13–19 digits, Luhn (ISO/IEC 7812-1) and a known issuer range.
+    PaymentCard,
+    /// IBAN: length per country (ISO 13616 registry) and ISO 7064 mod-97 check = 1.
+    Iban,
+    /// US Social Security number `AAA-GG-SSSS` (area not 000/666/900–999, group not 00,
+    /// serial not 0000: SSA rules).
+    UsSsn,
+    /// IPv4 address (dotted quad, each octet 0–255).
+    Ipv4,
+    /// IPv6 address (parsed by the standard library, RFC 4291 text forms).
+    Ipv6,
+    /// AWS access key id (`AKIA…`/`ASIA…`, 20 chars).
+    AwsAccessKey,
+    /// GitHub token: classic `ghp_`/`gho_`/`ghu_`/`ghs_`/`ghr_` or fine-grained `github_pat_`.
+    GithubToken,
+    /// OpenAI API key: `sk-…`, `sk-proj-…`, `sk-svcacct-…`, `sk-admin-…`.
+    OpenaiKey,
+    /// Slack token `xox[abposre]-…` or incoming-webhook URL.
+    SlackToken,
+    /// Stripe secret or restricted key (`sk_live_`, `rk_test_`, …) or webhook secret `whsec_`.
+    StripeKey,
+    /// Google API key `AIza…` (39 chars).
+    GoogleApiKey,
+    /// JSON Web Token (three base64url parts, header decoding to JSON with `alg`).
+    Jwt,
+    /// PEM private key block (`-----BEGIN … PRIVATE KEY-----` … `-----END …`).
+    PrivateKey,
+    /// Value of a `password=` / `api_key:` / `token =` style assignment that passes the entropy
+    /// floor and is not an identifier, expression or placeholder.
+    SecretAssignment,
+    /// A canary token minted by this firewall (HMAC-verified) or listed in the policy.
+    Canary,
+    /// A custom deny term from the policy.
+    DenyTerm,
+}
+
+impl Entity {
+    /// Every entity, in declaration order.
+    pub const ALL: [Entity; 18] = [
+        Entity::Email,
+        Entity::Phone,
+        Entity::PaymentCard,
+        Entity::Iban,
+        Entity::UsSsn,
+        Entity::Ipv4,
+        Entity::Ipv6,
+        Entity::AwsAccessKey,
+        Entity::GithubToken,
+        Entity::OpenaiKey,
+        Entity::SlackToken,
+        Entity::StripeKey,
+        Entity::GoogleApiKey,
+        Entity::Jwt,
+        Entity::PrivateKey,
+        Entity::SecretAssignment,
+        Entity::Canary,
+        Entity::DenyTerm,
+    ];
+
+    /// snake_case name, e.g. `payment_card`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entity::Email => "email",
+            Entity::Phone => "phone",
+            Entity::PaymentCard => "payment_card",
+            Entity::Iban => "iban",
+            Entity::UsSsn => "us_ssn",
+            Entity::Ipv4 => "ipv4",
+            Entity::Ipv6 => "ipv6",
+            Entity::AwsAccessKey => "aws_access_key",
+            Entity::GithubToken => "github_token",
+            Entity::OpenaiKey => "openai_key",
+            Entity::SlackToken => "slack_token",
+            Entity::StripeKey => "stripe_key",
+            Entity::GoogleApiKey => "google_api_key",
+            Entity::Jwt => "jwt",
+            Entity::PrivateKey => "private_key",
+            Entity::SecretAssignment => "secret_assignment",
+            Entity::Canary => "canary",
+            Entity::DenyTerm => "deny_term",
+        }
+    }
+
+    /// Upper-case label used in tags, e.g. `PAYMENT_CARD`.
+    pub fn label(self) -> String {
+        self.as_str().to_ascii_uppercase()
+    }
+
+    /// Lower number wins when two findings overlap.
+    fn priority(self) -> u8 {
+        match self {
+            Entity::Canary => 0,
+            Entity::PrivateKey => 1,
+            Entity::AwsAccessKey
+            | Entity::GithubToken
+            | Entity::OpenaiKey
+            | Entity::SlackToken
+            | Entity::StripeKey
+            | Entity::GoogleApiKey
+            | Entity::Jwt => 2,
+            Entity::SecretAssignment => 3,
+            Entity::DenyTerm => 4,
+            Entity::PaymentCard | Entity::Iban | Entity::UsSsn => 5,
+            Entity::Email => 6,
+            Entity::Phone | Entity::Ipv4 | Entity::Ipv6 => 7,
+        }
+    }
+}
+
+/// How a finding is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// `[EMAIL_1]`: numbered per entity and distinct value within one output (or stream).
+    Tag,
+    /// Every char replaced by `*` (line breaks kept).
+    Mask,
+    /// `[EMAIL:3fa9c2d1e0b7]`: first 48 bits of HMAC-SHA256(key, entity ‖ 0 ‖ value); equal
+    /// values give equal hashes under one key, across calls.
+    Hash,
+    /// `[PSEUDO_EMAIL_3fa9c2d1e0b7]`, remembered in the firewall's vault so that
+    /// [`crate::Firewall::restore`] puts the original back.
+    #[serde(alias = "pseudonymise")]
+    Pseudonymize,
+}
+
+/// One redacted value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// What was found.
+    pub entity: Entity,
+    /// Start byte offset in the input (inclusive).
+    pub start: usize,
+    /// End byte offset in the input (exclusive).
+    pub end: usize,
+    /// How it was replaced.
+    pub strategy: Strategy,
+    /// The text put in its place.
+    pub replacement: String,
+}
+
+/// Result of redacting one output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputResult {
+    /// The redacted text.
+    pub text: String,
+    /// Findings, ordered by `start`, non-overlapping.
+    pub findings: Vec<Finding>,
+    /// True when a canary token appeared (the system prompt leaked).
+    pub canary_leaked: bool,
+    /// Wall time spent, in microseconds.
+    pub elapsed_us: u64,
+}
+
+type Check = fn(&str, usize, usize) -> bool;
+
+struct Detector {
+    entity: Entity,
+    re: Regex,
+    /// Capture group holding the value (0 = whole match).
+    group: usize,
+    check: Check,
+}
+
+fn re(p: &str) -> Regex {
+    // All patterns are static and tested; a failure here is a programming error caught by tests,
+    // but we still avoid a panic by compiling an always-failing regex instead.
+    Regex::new(p).unwrap_or_else(|_| Regex::new(r"[^\s\S]").expect("trivial regex"))
+}
+
+fn before(text: &str, s: usize) -> Option<char> {
+    text[..s].chars().next_back()
+}
+fn after(text: &str, e: usize) -> Option<char> {
+    text[e..].chars().next()
+}
+fn tokenish(c: Option<char>) -> bool {
+    c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn check_token(t: &str, s: usize, e: usize) -> bool {
+    !tokenish(before(t, s)) && !tokenish(after(t, e))
+}
+fn check_openai(t: &str, s: usize, e: usize) -> bool {
+    let v = &t[s..e];
+    let body = v.trim_start_matches("sk-");
+    check_token(t, s, e) && body.len() >= 32 && body.bytes().any(|b| b.is_ascii_digit()) && body.bytes().any(|b| b.is_ascii_alphabetic())
+}
+fn check_jwt(t: &str, s: usize, e: usize) -> bool {
+    use base64::Engine;
+    if !check_token(t, s, e) {
+        return false;
+    }
+    let head = t[s..e].split('.').next().unwrap_or("");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(head.trim_end_matches('='))
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .is_some_and(|h| h.contains("\"alg\"") || h.contains("\"typ\""))
+}
+fn check_any(_: &str, _: usize, _: usize) -> bool {
+    true
+}
+fn digit_bounds(t: &str, s: usize, e: usize) -> bool {
+    let b = before(t, s);
+    let a = after(t, e);
+    let bad_before = b.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '+' || c == '_' || c == '/');
+    let bad_after = a.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        || (matches!(a, Some('-') | Some('.') | Some('/')) && t[e + 1..].chars().next().is_some_and(|c| c.is_ascii_digit()));
+    !bad_before && !bad_after
+}
+fn check_card(t: &str, s: usize, e: usize) -> bool {
+    let v = &t[s..e];
+    let seps: Vec<char> = v.chars().filter(|c| !c.is_ascii_digit()).collect();
+    let consistent = seps.windows(2).all(|w| w[0] == w[1]);
+    consistent && digit_bounds(t, s, e) && is_card_number(&digits_of(v))
+}
+fn check_ssn(t: &str, s: usize, e: usize) -> bool {
+    digit_bounds(t, s, e) && ssn_valid(&t[s..e])
+}
+fn check_iban(t: &str, s: usize, e: usize) -> bool {
+    check_token(t, s, e) && iban_valid(&t[s..e])
+}
+fn check_phone(t: &str, s: usize, e: usize) -> bool {
+    let n = digits_of(&t[s..e]).len();
+    (7..=15).contains(&n) && digit_bounds(t, s, e)
+}
+fn check_ipv4(t: &str, s: usize, e: usize) -> bool {
+    digit_bounds(t, s, e) && t[s..e].parse::<std::net::Ipv4Addr>().is_ok()
+}
+fn check_ipv6(t: &str, s: usize, e: usize) -> bool {
+    let v = &t[s..e];
+    v.matches(':').count() >= 2
+        && v.bytes().filter(|b| b.is_ascii_hexdigit()).count() >= 3
+        && !tokenish(before(t, s))
+        && !after(t, e).is_some_and(|c| c.is_ascii_alphanumeric() || c == ':')
+        && !before(t, s).is_some_and(|c| c == ':')
+        && v.parse::<std::net::Ipv6Addr>().is_ok()
+}
+fn check_email(t: &str, s: usize, e: usize) -> bool {
+    let v = &t[s..e];
+    let local = v.split('@').next().unwrap_or("");
+    !local.starts_with('.') && !local.ends_with('.') && !local.contains("..") && !tokenish(after(t, e))
+}
+
+fn detectors() -> &'static [Detector] {
+    static D: OnceLock<Vec<Detector>> = OnceLock::new();
+    D.get_or_init(|| {
+        let d = |entity, p: &str, group, check: Check| Detector { entity, re: re(p), group, check };
+        vec![
+            d(
+                Entity::PrivateKey,
+                r"(?s)-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----.*?-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----",
+                0,
+                check_any,
+            ),
+            d(Entity::AwsAccessKey, r"(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA)[A-Z0-9]{16}", 0, check_token),
+            d(Entity::GithubToken, r"github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59}|gh[pousr]_[A-Za-z0-9]{36,251}", 0, check_token),
+            d(Entity::OpenaiKey, r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,200}", 0, check_openai),
+            d(
+                Entity::SlackToken,
+                r"xox[abposre]-[A-Za-z0-9\-]{10,250}|https://hooks\.slack\.com/services/T[A-Z0-9]{6,12}/B[A-Z0-9]{6,12}/[A-Za-z0-9]{16,32}",
+                0,
+                check_token,
+            ),
+            d(Entity::StripeKey, r"(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,247}|whsec_[A-Za-z0-9]{24,64}", 0, check_token),
+            d(Entity::GoogleApiKey, r"AIza[0-9A-Za-z_\-]{35}", 0, check_token),
+            d(Entity::Jwt, r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}", 0, check_jwt),
+            d(
+                Entity::SecretAssignment,
+                r#"(?i)([A-Za-z0-9_.\-]{0,40}(?:password|passwd|passphrase|pwd|secret|api[_\-]?key|apikey|access[_\-]?key|private[_\-]?key|auth[_\-]?token|access[_\-]?token|refresh[_\-]?token|bearer|token|credentials?|client[_\-]?secret|conn(?:ection)?[_\-]?string)[A-Za-z0-9_]{0,40})["']?[ \t]{0,8}(?::=|=>|=|:)[ \t]{0,8}["'`]?([^\s"'`,;<>(){}\[\]]{6,256})"#,
+                2,
+                check_any,
+            ),
+            d(Entity::PaymentCard, r"\d(?:[ \-]?\d){12,18}", 0, check_card),
+            d(Entity::Iban, r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?", 0, check_iban),
+            d(Entity::UsSsn, r"\d{3}-\d{2}-\d{4}", 0, check_ssn),
+            d(
+                Entity::Email,
+                r"[A-Za-z0-9][A-Za-z0-9._%+\-]{0,63}@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}",
+                0,
+                check_email,
+            ),
+            d(
+                Entity::Phone,
+                r"\+\d{1,3}(?:[ .\-]?\(?\d{1,4}\)?){2,5}|\(\d{3}\) ?\d{3}[ .\-]\d{4}|\d{3}([.\- ])\d{3}[.\- ]\d{4}|\d{3}-\d{4}",
+                0,
+                check_phone,
+            ),
+            d(Entity::Ipv4, r"(?:\d{1,3}\.){3}\d{1,3}", 0, check_ipv4),
+            d(Entity::Ipv6, r"(?i)(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}(?:(?:\d{1,3}\.){3}\d{1,3})?", 0, check_ipv6),
+        ]
+    })
+}
+
+/// Keys of assignments whose values are identifiers, sizes or settings rather than credentials.
+fn benign_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    const SUFFIXES: [&str; 24] = [
+        "id", "ids", "name", "names", "type", "url", "uri", "path", "file", "length", "len", "count", "size",
+        "lifetime", "expiry", "expires", "ttl", "timeout", "header", "field", "prefix", "format", "policy", "hint",
+    ];
+    SUFFIXES.iter().any(|s| k.ends_with(s) && !k.ends_with("secret") && k.len() > s.len())
+        || k.ends_with("_id")
+        || k.contains("tokenizer")
+        || k.contains("tokens_")
+        || k.starts_with("max_")
+        || k.starts_with("num_")
+}
+
+/// A compiled redactor (the engine's output side). Immutable and `Send + Sync`.
+#[derive(Debug)]
+pub(crate) struct Redactor {
+    enabled: [bool; Entity::ALL.len()],
+    strategies: [Strategy; Entity::ALL.len()],
+    deny: Option<AhoCorasick>,
+    canary_re: Option<Regex>,
+    canary_fixed: Option<AhoCorasick>,
+    min_entropy: f32,
+    allow_keys: Vec<String>,
+    allow_values: std::collections::HashSet<String>,
+    hash_key: [u8; 32],
+    canary_key: [u8; 32],
+    pub(crate) holdback: usize,
+}
+
+impl std::fmt::Debug for Detector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Detector({})", self.entity.as_str())
+    }
+}
+
+fn idx(e: Entity) -> usize {
+    Entity::ALL.iter().position(|x| *x == e).unwrap_or(0)
+}
+
+/// Raw candidate before overlap resolution.
+#[derive(Debug, Clone, Copy)]
+struct Cand {
+    entity: Entity,
+    start: usize,
+    end: usize,
+}
+
+impl Redactor {
+    pub fn new(p: &RedactionPolicy, canary_prefix: &str, canary_tokens: &[String], hash_key: [u8; 32], canary_key: [u8; 32]) -> Result<Self> {
+        let mut enabled = [false; Entity::ALL.len()];
+        for e in &p.entities {
+            enabled[idx(*e)] = true;
+        }
+        let mut strategies = [p.default_strategy; Entity::ALL.len()];
+        for (e, s) in &p.strategies {
+            strategies[idx(*e)] = *s;
+        }
+        let deny = if p.deny_terms.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasickBuilder::new()
+                    .ascii_case_insensitive(true)
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(&p.deny_terms)
+                    .map_err(|e| Error::policy(format!("redaction.deny_terms: {e}")))?,
+            )
+        };
+        let canary_re = Some(
+            Regex::new(&format!(r"{}[0-9a-f]{{32}}", regex::escape(canary_prefix)))
+                .map_err(|e| Error::policy(format!("canary.prefix: {e}")))?,
+        );
+        let canary_fixed = if canary_tokens.is_empty() {
+            None
+        } else {
+            Some(AhoCorasick::new(canary_tokens).map_err(|e| Error::policy(format!("canary.tokens: {e}")))?)
+        };
+        Ok(Redactor {
+            enabled,
+            strategies,
+            deny,
+            canary_re,
+            canary_fixed,
+            min_entropy: p.secret_min_entropy,
+            allow_keys: p.allow_keys.iter().map(|k| k.to_ascii_lowercase()).collect(),
+            allow_values: p.allow_values.iter().cloned().collect(),
+            hash_key,
+            canary_key,
+            holdback: p.stream_holdback_bytes,
+        })
+    }
+
+    fn on(&self, e: Entity) -> bool {
+        self.enabled[idx(e)]
+    }
+
+    /// Verifies a minted canary `prefix + 16 hex nonce + 16 hex tag`.
+    pub fn canary_valid(&self, token: &str) -> bool {
+        let n = token.len();
+        if n < 32 {
+            return false;
+        }
+        let (nonce, tag) = (&token[n - 32..n - 16], &token[n - 16..]);
+        let mac = hmac_sha256(&self.canary_key, nonce.as_bytes());
+        hex::encode(&mac[..8]) == tag
+    }
+
+    /// Mints a canary: `prefix + hex(nonce 8 bytes) + hex(HMAC(canary key, nonce hex)[..8])`.
+    pub fn mint_canary(&self, prefix: &str) -> String {
+        let nonce = hex::encode(crate::keys::random_bytes::<8>());
+        let mac = hmac_sha256(&self.canary_key, nonce.as_bytes());
+        format!("{prefix}{nonce}{}", hex::encode(&mac[..8]))
+    }
+
+    fn assignment_ok(&self, text: &str, caps: &regex::Captures<'_>) -> bool {
+        let (Some(key), Some(val)) = (caps.get(1), caps.get(2)) else { return false };
+        let key_s = key.as_str();
+        let v = val.as_str().trim_end_matches(['.', '!', '?', ':']);
+        if v.len() < 8 || benign_key(key_s) || self.allow_keys.iter().any(|k| k == &key_s.to_ascii_lowercase()) {
+            return false;
+        }
+        if self.allow_values.contains(v) || is_placeholder(v) || looks_like_identifier(v) {
+            return false;
+        }
+        // A key glued to a preceding word char is part of a longer identifier.
+        if tokenish(before(text, key.start())) {
+            return false;
+        }
+        if is_uuid(v) {
+            return true;
+        }
+        let classes = [
+            v.bytes().any(|b| b.is_ascii_lowercase()),
+            v.bytes().any(|b| b.is_ascii_uppercase()),
+            v.bytes().any(|b| b.is_ascii_digit()),
+            v.bytes().any(|b| !b.is_ascii_alphanumeric()),
+        ];
+        let n_classes = classes.iter().filter(|x| **x).count();
+        let has_non_letter = classes[2] || classes[3];
+        n_classes >= 2 && has_non_letter && shannon_entropy(v) >= self.min_entropy
+    }
+
+    fn candidates(&self, text: &str) -> Vec<Cand> {
+        let mut out = Vec::new();
+        for d in detectors() {
+            if !self.on(d.entity) {
+                continue;
+            }
+            if d.group == 0 {
+                for m in d.re.find_iter(text) {
+                    let (s, e) = (m.start(), m.end());
+                    if d.entity == Entity::PaymentCard {
+                        if let Some(e2) = card_prefix(text, s, e) {
+                            out.push(Cand { entity: d.entity, start: s, end: e2 });
+                        }
+                        continue;
+                    }
+                    if (d.check)(text, s, e) && !self.allow_values.contains(&text[s..e]) {
+                        out.push(Cand { entity: d.entity, start: s, end: e });
+                    }
+                }
+            } else {
+                for caps in d.re.captures_iter(text) {
+                    if self.assignment_ok(text, &caps) {
+                        if let Some(v) = caps.get(d.group) {
+                            let vs = v.as_str().trim_end_matches(['.', '!', '?', ':']);
+                            out.push(Cand { entity: d.entity, start: v.start(), end: v.start() + vs.len() });
+                        }
+                    }
+                }
+            }
+        }
+        if self.on(Entity::Canary) {
+            if let Some(re) = &self.canary_re {
+                for m in re.find_iter(text) {
+                    if self.canary_valid(m.as_str()) {
+                        out.push(Cand { entity: Entity::Canary, start: m.start(), end: m.end() });
+                    }
+                }
+            }
+            if let Some(ac) = &self.canary_fixed {
+                for m in ac.find_iter(text) {
+                    out.push(Cand { entity: Entity::Canary, start: m.start(), end: m.end() });
+                }
+            }
+        }
+        if self.on(Entity::DenyTerm) {
+            if let Some(ac) = &self.deny {
+                for m in ac.find_iter(text) {
+                    let wb = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
+                    let first_w = text[m.start()..].chars().next().is_some_and(|c| c.is_alphanumeric());
+                    let last_w = text[..m.end()].chars().next_back().is_some_and(|c| c.is_alphanumeric());
+                    if (first_w && wb(before(text, m.start()))) || (last_w && wb(after(text, m.end()))) {
+                        continue;
+                    }
+                    out.push(Cand { entity: Entity::DenyTerm, start: m.start(), end: m.end() });
+                }
+            }
+        }
+        resolve_overlaps(out)
+    }
+
+    /// Redacts `text`. `state` carries tag numbering (so a stream numbers consistently) and the
+    /// vault for pseudonyms. `base` is added to reported offsets.
+    pub(crate) fn redact_into(
+        &self,
+        text: &str,
+        base: usize,
+        state: &mut TagState,
+        vault: &Vault,
+        out: &mut String,
+        findings: &mut Vec<Finding>,
+    ) -> bool {
+        let cands = self.candidates(text);
+        let mut leaked = false;
+        let mut pos = 0;
+        for c in cands {
+            out.push_str(&text[pos..c.start]);
+            let value = &text[c.start..c.end];
+            let strategy = self.strategies[idx(c.entity)];
+            let replacement = self.replacement(c.entity, strategy, value, state, vault);
+            out.push_str(&replacement);
+            leaked |= c.entity == Entity::Canary;
+            findings.push(Finding { entity: c.entity, start: base + c.start, end: base + c.end, strategy, replacement });
+            pos = c.end;
+        }
+        out.push_str(&text[pos..]);
+        leaked
+    }
+
+    fn replacement(&self, entity: Entity, strategy: Strategy, value: &str, state: &mut TagState, vault: &Vault) -> String {
+        match strategy {
+            Strategy::Tag => {
+                let n = state.number(entity, value);
+                format!("[{}_{n}]", entity.label())
+            }
+            Strategy::Mask => value.chars().map(|c| if c == '\n' || c == '\r' { c } else { '*' }).collect(),
+            Strategy::Hash => format!("[{}:{}]", entity.label(), self.keyed_id(entity, value)),
+            Strategy::Pseudonymize => {
+                let token = format!("[PSEUDO_{}_{}]", entity.label(), self.keyed_id(entity, value));
+                vault.insert(&token, value);
+                token
+            }
+        }
+    }
+
+    fn keyed_id(&self, entity: Entity, value: &str) -> String {
+        let mut msg = Vec::with_capacity(value.len() + 24);
+        msg.extend_from_slice(entity.as_str().as_bytes());
+        msg.push(0);
+        msg.extend_from_slice(value.as_bytes());
+        hex::encode(&hmac_sha256(&self.hash_key, &msg)[..6])
+    }
+}
+
+/// Longest prefix of a digit run (ending at a digit-group border, 13+ digits) that is a valid
+/// card number; returns its end.
+fn card_prefix(text: &str, s: usize, e: usize) -> Option<usize> {
+    if check_card(text, s, e) {
+        return Some(e);
+    }
+    let v = &text[s..e];
+    // Try cutting at separators, longest first.
+    let cuts: Vec<usize> = v.char_indices().filter(|(_, c)| !c.is_ascii_digit()).map(|(i, _)| s + i).collect();
+    for &cut in cuts.iter().rev() {
+        if digits_of(&text[s..cut]).len() >= 13 && check_card(text, s, cut) {
+            return Some(cut);
+        }
+    }
+    None
+}
+
+/// Keeps non-overlapping candidates, preferring lower priority number, then longer spans.
+fn resolve_overlaps(mut c: Vec<Cand>) -> Vec<Cand> {
+    c.sort_by_key(|x| (x.entity.priority(), std::cmp::Reverse(x.end - x.start), x.start));
+    let mut taken: BTreeMap<usize, Cand> = BTreeMap::new();
+    for x in c {
+        let overlaps_prev = taken.range(..x.end).next_back().is_some_and(|(_, p)| p.end > x.start);
+        if !overlaps_prev {
+            taken.insert(x.start, x);
+        }
+    }
+    taken.into_values().collect()
+}
+
+/// Tag numbering state: the same (entity, value) gets the same number within one output or one
+/// stream.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct TagState {
+    seen: HashMap<(Entity, String), usize>,
+    next: HashMap<Entity, usize>,
+}
+
+impl TagState {
+    fn number(&mut self, e: Entity, v: &str) -> usize {
+        if let Some(n) = self.seen.get(&(e, v.to_string())) {
+            return *n;
+        }
+        let n = self.next.entry(e).or_insert(0);
+        *n += 1;
+        let n = *n;
+        self.seen.insert((e, v.to_string()), n);
+        n
+    }
+}
+
+/// A bounded, thread-safe map from pseudonym tokens to original values.
+///
+/// Holds at most `max_entries`; the oldest entries are dropped first. Values stay in process
+/// memory only.
+#[derive(Debug)]
+pub struct Vault {
+    inner: Mutex<VaultInner>,
+}
+
+#[derive(Debug, Default)]
+struct VaultInner {
+    map: HashMap<String, String>,
+    order: VecDeque<String>,
+    cap: usize,
+}
+
+impl Vault {
+    /// An empty vault holding at most `max_entries` (at least 1).
+    pub fn new(max_entries: usize) -> Self {
+        Vault { inner: Mutex::new(VaultInner { cap: max_entries.max(1), ..Default::default() }) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VaultInner> {
+        // A poisoned lock only means another thread panicked while holding it; the map is
+        // still consistent (each operation is a single insert/remove), so keep using it.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn insert(&self, token: &str, value: &str) {
+        let mut g = self.lock();
+        if g.map.contains_key(token) {
+            return;
+        }
+        if g.map.len() >= g.cap {
+            if let Some(old) = g.order.pop_front() {
+                g.map.remove(&old);
+            }
+        }
+        g.map.insert(token.to_string(), value.to_string());
+        g.order.push_back(token.to_string());
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Replaces every pseudonym token known to this vault by its original value; unknown tokens
+    /// and all other text are left unchanged.
+    pub fn restore(&self, text: &str) -> String {
+        static TOKEN: OnceLock<Regex> = OnceLock::new();
+        let re = TOKEN.get_or_init(|| re(r"\[PSEUDO_[A-Z0-9_]+_[0-9a-f]{12}\]"));
+        let g = self.lock();
+        re.replace_all(text, |c: &regex::Captures<'_>| {
+            let t = &c[0];
+            g.map.get(t).cloned().unwrap_or_else(|| t.to_string())
+        })
+        .into_owned()
+    }
+}
+
+/// Incremental redaction of a streamed output.
+///
+/// Feed chunks with [`StreamRedactor::push`]; each call returns the redacted text that is safe to
+/// send now. A value split across chunks is never let through: the redactor holds back the
+/// unfinished tail of the current line (at most `redaction.stream_holdback_bytes`), a run of
+/// token characters still in progress (up to 16 KiB, for long tokens such as JWTs) and any
+/// `-----BEGIN … PRIVATE KEY-----` block until its END line (up to 64 KiB, after which the
+/// partial block is redacted). Call [`StreamRedactor::finish`] at the end of the stream.
+/// Findings carry offsets in the whole stream.
+#[derive(Debug)]
+pub struct StreamRedactor {
+    fw: crate::Firewall,
+    buf: String,
+    /// Stream offset of `buf[0]`.
+    base: usize,
+    state: TagState,
+    findings: Vec<Finding>,
+    canary_leaked: bool,
+}
+
+/// Most bytes of a token-character run held back while it may still grow.
+const MAX_TOKEN_HOLD: usize = 16 << 10;
+/// Most bytes of an unterminated private-key block held back.
+const MAX_PEM_HOLD: usize = 64 << 10;
+
+impl StreamRedactor {
+    pub(crate) fn new(fw: crate::Firewall) -> Self {
+        StreamRedactor { fw, buf: String::new(), base: 0, state: TagState::default(), findings: Vec::new(), canary_leaked: false }
+    }
+
+    /// Adds a chunk and returns the redacted text that can be sent now (possibly empty).
+    pub fn push(&mut self, chunk: &str) -> String {
+        self.buf.push_str(chunk);
+        let cut = self.safe_cut();
+        self.emit(cut)
+    }
+
+    /// Ends the stream: returns the rest, redacted.
+    pub fn finish(&mut self) -> String {
+        let n = self.buf.len();
+        self.emit(n)
+    }
+
+    /// Findings so far (offsets in the whole stream).
+    pub fn findings(&self) -> &[Finding] {
+        &self.findings
+    }
+
+    /// True once a canary token was seen.
+    pub fn canary_leaked(&self) -> bool {
+        self.canary_leaked
+    }
+
+    /// Bytes currently held back.
+    pub fn pending_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn safe_cut(&self) -> usize {
+        let b = &self.buf;
+        let n = b.len();
+        let hold = self.fw.redactor().holdback;
+        // Hold back the current (unfinished) line, at most `hold` bytes ...
+        let line_start = b.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let mut cut = line_start.max(n.saturating_sub(hold));
+        // ... and a run of token characters that is still growing.
+        let tok_start = b
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| !c.is_whitespace())
+            .last()
+            .map(|(i, _)| i)
+            .unwrap_or(n);
+        if n - tok_start <= MAX_TOKEN_HOLD {
+            cut = cut.min(tok_start);
+        }
+        // ... and an unterminated private-key block.
+        if let Some(pb) = b.rfind("-----BEGIN ") {
+            if !b[pb..].contains("-----END ") && n - pb <= MAX_PEM_HOLD {
+                cut = cut.min(pb);
+            }
+        }
+        while !b.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        // Never cut through a finding: redact the whole buffer and move the cut to the start of
+        // any finding that reaches past it.
+        let r = self.fw.redactor();
+        for c in r.candidates(b) {
+            if c.start < cut && c.end > cut {
+                cut = c.start;
+            }
+        }
+        cut
+    }
+
+    fn emit(&mut self, cut: usize) -> String {
+        let head: String = self.buf[..cut].to_string();
+        let mut out = String::with_capacity(head.len());
+        let mut fnd = Vec::new();
+        let leaked =
+            self.fw.redactor().redact_into(&head, self.base, &mut self.state, self.fw.vault(), &mut out, &mut fnd);
+        self.canary_leaked |= leaked;
+        self.findings.extend(fnd);
+        self.buf.drain(..cut);
+        self.base += cut;
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn red() -> Redactor {
+        Redactor::new(&RedactionPolicy::default(), "vlmc-", &[], [1; 32], [2; 32]).unwrap()
+    }
+
+    fn ents(t: &str) -> Vec<(Entity, String)> {
+        red().candidates(t).into_iter().map(|c| (c.entity, t[c.start..c.end].to_string())).collect()
+    }
+
+    #[test]
+    fn detectors_compile() {
+        for d in detectors() {
+            assert_ne!(d.re.as_str(), r"[^\s\S]", "{:?} failed to compile", d.entity);
+        }
+    }
+
+    #[test]
+    fn pii() {
+        assert_eq!(ents("mail dana@example.org now"), vec![(Entity::Email, "dana@example.org".into())]);
+        assert_eq!(ents("card 4111 1111 1111 1111."), vec![(Entity::PaymentCard, "4111 1111 1111 1111".into())]);
+        assert!(ents("card 4111 1111 1111 1112").is_empty());
+        assert_eq!(ents("iban GB82 WEST 1234 5698 7654 32 ok"), vec![(Entity::Iban, "GB82 WEST 1234 5698 7654 32".into())]);
+        assert!(ents("iban GB83 WEST 1234 5698 7654 32").is_empty());
+        assert_eq!(ents("ssn 123-45-6789"), vec![(Entity::UsSsn, "123-45-6789".into())]);
+        assert!(ents("ssn 666-45-6789").is_empty());
+        assert_eq!(ents("ring me on 555-0100 after six"), vec![(Entity::Phone, "555-0100".into())]);
+        assert_eq!(ents("call +1 555 0100."), vec![(Entity::Phone, "+1 555 0100".into())]);
+        assert_eq!(ents("host 10.0.0.1 up"), vec![(Entity::Ipv4, "10.0.0.1".into())]);
+        assert!(ents("version 1.2.3.4.5").is_empty());
+        assert_eq!(ents("v6 2001:db8::1 ok"), vec![(Entity::Ipv6, "2001:db8::1".into())]);
+        assert!(ents("at 10:30:00 today").is_empty());
+    }
+
+    #[test]
+    fn field_report_false_positives() {
+        // Field reports 15, 16, 17, 27, 28: identifiers, UUIDs and config paths are not secrets.
+        for t in [
+            r#"request_id = "3f2b9c4e-8d1a-4b6e-9f0c-2a7d5e1b8c93""#,
+            "const tokenizationId = 'a3f9c2e71b8d4f6a9c0e2b7d5f1a8c34';",
+            r#"var resetLifetime = settings.Read("Auth:PasswordResetTokenLifetime");"#,
+            "if let token = sessionObserverToken { center.remove(token) }",
+            "summary = api_models.ChatSummary.from_records(rows)",
+            "password = os.environ['DB_PASSWORD']",
+            "token: ${{ secrets.GITHUB_TOKEN }}",
+            "api_key = your_api_key_here",
+        ] {
+            assert!(ents(t).is_empty(), "{t}: {:?}", ents(t));
+        }
+    }
+
+    #[test]
+    fn assignments() {
+        assert_eq!(ents("password=Tr0ub4dor&3x"), vec![(Entity::SecretAssignment, "Tr0ub4dor&3x".into())]);
+        assert_eq!(ents("DB_PASSWORD: 'k9#Lm2$vQ8'"), vec![(Entity::SecretAssignment, "k9#Lm2$vQ8".into())]);
+    }
+
+    #[test]
+    fn overlap_prefers_specific_secret() {
+        let key = format!("sk-proj-{}", "Ab3De5Gh7Jk9Mn2Pq4St6Vw8Yz0".repeat(3));
+        let t = format!("OPENAI_API_KEY={key}");
+        assert_eq!(ents(&t), vec![(Entity::OpenaiKey, key)]);
+    }
+
+    #[test]
+    fn vault_restores_and_is_bounded() {
+        let v = Vault::new(2);
+        v.insert("[PSEUDO_EMAIL_000000000001]", "a@x.io");
+        v.insert("[PSEUDO_EMAIL_000000000002]", "b@x.io");
+        v.insert("[PSEUDO_EMAIL_000000000003]", "c@x.io");
+        assert_eq!(v.len(), 2);
+        assert_eq!(
+            v.restore("[PSEUDO_EMAIL_000000000001] [PSEUDO_EMAIL_000000000003]"),
+            "[PSEUDO_EMAIL_000000000001] c@x.io"
+        );
+    }
+}

