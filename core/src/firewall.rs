@@ -366,10 +366,12 @@ impl Firewall {
         if let Some(v) = &views.compact {
             sigs.scan_view(v, ViewKind::Compact, true, base, &mut raws);
         }
-        let n = raws.len();
-        sigs.scan_view(&views.rot13(), ViewKind::Rot13, false, base, &mut raws);
-        if raws.len() > n {
-            flags.add_encoding("rot13");
+        if looks_rot13(&views.canonical.text) {
+            let n = raws.len();
+            sigs.scan_view(&views.rot13(), ViewKind::Rot13, false, base, &mut raws);
+            if raws.len() > n {
+                flags.add_encoding("rot13");
+            }
         }
         hits.extend(raws.into_iter().map(|raw| Hit { raw, encoding: None, decoded: None }));
 
@@ -510,6 +512,14 @@ impl Firewall {
     pub fn strip_watermark(&self, text: &str) -> String {
         watermark::strip(text)
     }
+}
+
+/// True when the canonical view contains at least two ROT13-encoded English function words
+/// (`the`→`gur`, `and`→`naq`, `you`→`lbh`, `your`→`lbhe`, `ignore`→`vtaber`, `to`→`gb`):
+/// only then is the ROT13 view scanned, which keeps the common path to one view.
+fn looks_rot13(canonical: &str) -> bool {
+    const WORDS: [&str; 7] = [" gur ", " naq ", " lbh ", " lbhe ", " vtaber ", " gb ", " vafgehpgvbaf"];
+    WORDS.iter().filter(|w| canonical.contains(*w)).take(2).count() >= 2
 }
 
 /// Overlapping chunk ranges on char boundaries covering `text`.

@@ -25,7 +25,8 @@ use crate::validators::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Entity {
-    /// E-mail address (RFC 5321 shape, dotted domain with a 2–24 letter TLD).
+    /// E-mail address (RFC 5321 shape with RFC 6531 internationalised local parts and domains,
+    /// dotted domain with a 2–24 letter TLD).
     Email,
     /// Telephone number: E.164-style `+CC …` (8–15 digits), NANP `(555) 010-0199` /
     /// `555-010-0199`, or a 7-digit local `555-0100`.
@@ -272,7 +273,8 @@ fn check_ipv6(t: &str, s: usize, e: usize) -> bool {
 fn check_email(t: &str, s: usize, e: usize) -> bool {
     let v = &t[s..e];
     let local = v.split('@').next().unwrap_or("");
-    !local.starts_with('.') && !local.ends_with('.') && !local.contains("..") && !tokenish(after(t, e))
+    let glued = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
+    !local.starts_with('.') && !local.ends_with('.') && !local.contains("..") && !glued(after(t, e)) && !glued(before(t, s))
 }
 
 fn detectors() -> &'static [Detector] {
@@ -309,7 +311,7 @@ fn detectors() -> &'static [Detector] {
             d(Entity::UsSsn, r"\d{3}-\d{2}-\d{4}", 0, check_ssn),
             d(
                 Entity::Email,
-                r"[A-Za-z0-9][A-Za-z0-9._%+\-]{0,63}@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}",
+                r"[\p{L}\p{N}][\p{L}\p{N}._%+\-]{0,63}@(?:[\p{L}\p{N}](?:[\p{L}\p{N}\-]{0,61}[\p{L}\p{N}])?\.)+\p{L}{2,24}",
                 0,
                 check_email,
             ),

@@ -24,7 +24,7 @@
 use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
-use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -153,7 +153,6 @@ pub(crate) struct SignatureSet {
     phrase_rule: Vec<u32>,
     compact: Option<AhoCorasick>,
     compact_rule: Vec<u32>,
-    set: Option<RegexSet>,
     patterns: Vec<(u32, Regex)>,
 }
 
@@ -177,7 +176,6 @@ impl SignatureSet {
         let mut phrase_rule = Vec::new();
         let mut compact = Vec::new();
         let mut compact_rule = Vec::new();
-        let mut pattern_src = Vec::new();
         let mut patterns = Vec::new();
         for (i, d) in defs.iter().enumerate() {
             let idx = i as u32;
@@ -214,7 +212,6 @@ impl SignatureSet {
                 let re = RegexBuilder::new(p).size_limit(PATTERN_SIZE_LIMIT).build().map_err(|e| {
                     Error::rule(format!("rules[{i}].patterns[{j}] ({}): {e}", d.id))
                 })?;
-                pattern_src.push(p.to_string());
                 patterns.push((idx, re));
             }
             rules.push(Rule {
@@ -233,23 +230,12 @@ impl SignatureSet {
                 .map(Some)
                 .map_err(|e| Error::rule(format!("phrases: {e}")))
         };
-        let set = if pattern_src.is_empty() {
-            None
-        } else {
-            Some(
-                RegexSetBuilder::new(&pattern_src)
-                    .size_limit(PATTERN_SIZE_LIMIT * 8)
-                    .build()
-                    .map_err(|e| Error::rule(format!("patterns: {e}")))?,
-            )
-        };
         Ok(SignatureSet {
             rules,
             phrases: build_ac(&phrases)?,
             phrase_rule,
             compact: build_ac(&compact)?,
             compact_rule,
-            set,
             patterns,
         })
     }
@@ -287,12 +273,12 @@ impl SignatureSet {
         if phrases_only || kind == ViewKind::Compact {
             return;
         }
-        if let Some(set) = &self.set {
-            for pi in set.matches(text).iter() {
-                let (rule, re) = &self.patterns[pi];
-                for m in re.find_iter(text) {
-                    push(*rule, m.start(), m.end());
-                }
+        // One pass per pattern: each has its own lazy DFA and literal prefilter, which is far
+        // faster than a RegexSet over all of them (whose DFA thrashes and falls back to the
+        // PikeVM on long inputs).
+        for (rule, re) in &self.patterns {
+            for m in re.find_iter(text) {
+                push(*rule, m.start(), m.end());
             }
         }
     }
@@ -308,6 +294,7 @@ fn ascii_word_boundaries(p: &str) -> String {
         if c == '\\' {
             match chars.next() {
                 Some('b') => out.push_str("(?-u:\\b)"),
+                Some('w') => out.push_str("(?-u:\\w)"),
                 Some(n) => {
                     out.push('\\');
                     out.push(n);
@@ -395,7 +382,7 @@ mod tests {
 
     #[test]
     fn boundary_rewrite() {
-        assert_eq!(ascii_word_boundaries(r"a\bb\\b\d"), r"a(?-u:\b)b\\b\d");
+        assert_eq!(ascii_word_boundaries(r"a\bb\\b\d\w"), r"a(?-u:\b)b\\b\d(?-u:\w)");
     }
 
     #[test]
