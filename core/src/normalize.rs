@@ -145,6 +145,18 @@ impl View {
         self.orig_end.push(oe);
     }
 
+    /// Appends a run of ASCII bytes (lower-cased) that starts at original offset `os`.
+    #[inline]
+    fn push_ascii_run(&mut self, run: &[u8], os: u32) {
+        debug_assert!(run.is_ascii());
+        // ASCII lower-casing keeps UTF-8 validity; `from_utf8` cannot fail on ASCII.
+        self.text.push_str(std::str::from_utf8(run).unwrap_or(""));
+        let n = self.text.len();
+        self.text[n - run.len()..].make_ascii_lowercase();
+        self.orig_start.extend(os..os + run.len() as u32);
+        self.orig_end.extend(os + 1..os + 1 + run.len() as u32);
+    }
+
     /// Maps a half-open byte span of the view to a half-open byte span of the original.
     /// Returns `None` for an empty or out-of-range span.
     pub fn map_span(&self, start: usize, end: usize) -> Option<(usize, usize)> {
@@ -397,13 +409,21 @@ pub fn normalize(text: &str) -> Views {
     let mut i = 0usize;
     while i < bytes.len() {
         let byte = bytes[i];
-        if byte.is_ascii() {
-            if byte.is_ascii_alphabetic() {
-                b.flush_ws();
-                b.tok_ascii_letters += 1;
-            }
-            b.out_ascii(byte, i as u32, (i + 1) as u32);
+        if byte.is_ascii_whitespace() {
+            b.ws(i as u32, (i + 1) as u32);
             i += 1;
+            continue;
+        }
+        if byte.is_ascii() {
+            // Fast path: a run of ASCII non-whitespace bytes is copied lower-cased in bulk.
+            let mut j = i;
+            while j < bytes.len() && bytes[j].is_ascii() && !bytes[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            b.flush_ws();
+            b.tok_ascii_letters += bytes[i..j].iter().filter(|c| c.is_ascii_alphabetic()).count() as u32;
+            b.view.push_ascii_run(&bytes[i..j], i as u32);
+            i = j;
             continue;
         }
         // Non-ASCII: decode one char (text is valid UTF-8, so this always succeeds).
@@ -484,52 +504,49 @@ fn leet_view(view: &View) -> Option<View> {
     })
 }
 
-/// Finds runs of 4+ consecutive single-character words (letters/digits) separated by one or two
-/// non-alphanumeric bytes. Returns their byte ranges in the view, or `None` if there are none.
+/// Finds runs of 4+ consecutive single-character words (ASCII letters/digits) separated by one
+/// or two other bytes. Returns their byte ranges in the view, or `None` if there are none.
+/// Non-ASCII bytes count as word bytes, so letter-spacing is detected for Latin text (look-alikes
+/// are already folded to ASCII in the canonical view).
 fn spaced_runs(text: &str) -> Option<Vec<(usize, usize)>> {
+    let b = text.as_bytes();
+    let word = |c: u8| c.is_ascii_alphanumeric() || c >= 0x80;
     let mut runs = Vec::new();
-    // Collect single-char alphanumeric tokens: (start, end) of the char.
     let mut run_start: Option<usize> = None;
     let mut run_len = 0usize;
     let mut last_end = 0usize;
-    let mut idx = text.char_indices().peekable();
-    let mut prev_alnum = false;
-    while let Some((i, c)) = idx.next() {
-        let alnum = c.is_alphanumeric();
-        if alnum {
-            let next_alnum = idx.peek().map(|&(_, n)| n.is_alphanumeric()).unwrap_or(false);
-            let single = !prev_alnum && !next_alnum;
-            if single {
-                let gap_ok = run_start.is_some() && i - last_end <= 2;
-                if !gap_ok {
-                    if run_len >= 4 {
-                        runs.push((run_start.unwrap_or(0), last_end));
-                    }
-                    run_start = Some(i);
-                    run_len = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if !word(b[i]) {
+            i += 1;
+            continue;
+        }
+        let s = i;
+        while i < b.len() && word(b[i]) {
+            i += 1;
+        }
+        if i - s == 1 {
+            let gap_ok = run_start.is_some() && s - last_end <= 2;
+            if !gap_ok {
+                if let (Some(rs), true) = (run_start, run_len >= 4) {
+                    runs.push((rs, last_end));
                 }
-                run_len += 1;
-                last_end = i + c.len_utf8();
-            } else if run_start.is_some() {
-                if run_len >= 4 {
-                    runs.push((run_start.unwrap_or(0), last_end));
-                }
-                run_start = None;
+                run_start = Some(s);
                 run_len = 0;
             }
+            run_len += 1;
+            last_end = i;
+        } else if let Some(rs) = run_start.take() {
+            if run_len >= 4 {
+                runs.push((rs, last_end));
+            }
+            run_len = 0;
         }
-        prev_alnum = alnum;
     }
-    if run_len >= 4 {
-        if let Some(s) = run_start {
-            runs.push((s, last_end));
-        }
+    if let (Some(rs), true) = (run_start, run_len >= 4) {
+        runs.push((rs, last_end));
     }
-    if runs.is_empty() {
-        None
-    } else {
-        Some(runs)
-    }
+    (!runs.is_empty()).then_some(runs)
 }
 
 /// Re-joins letter-by-letter runs: separators inside a run are removed, except the collapsed

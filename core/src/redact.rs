@@ -270,11 +270,61 @@ fn check_ipv6(t: &str, s: usize, e: usize) -> bool {
         && !before(t, s).is_some_and(|c| c == ':')
         && v.parse::<std::net::Ipv6Addr>().is_ok()
 }
-fn check_email(t: &str, s: usize, e: usize) -> bool {
-    let v = &t[s..e];
-    let local = v.split('@').next().unwrap_or("");
-    let glued = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
-    !local.starts_with('.') && !local.ends_with('.') && !local.contains("..") && !glued(after(t, e)) && !glued(before(t, s))
+/// E-mail candidates, found from each `@` (memchr) by expanding over local-part characters
+/// (letters and digits of any script, `._%+-`, at most 64) and domain characters (letters,
+/// digits, `-`, `.`, at most 253), then checked: local part starts and ends with a letter or
+/// digit and has no `..`; domain has 2+ labels of 1–63 chars not starting or ending with `-`;
+/// top-level label 2–24 letters. Far faster than a regex whose first character class is all of
+/// Unicode's letters (the lazy DFA cannot skip ahead with it).
+fn find_emails(t: &str, out: &mut Vec<(usize, usize)>) {
+    let local_char = |c: char| c.is_alphanumeric() || matches!(c, '.' | '_' | '%' | '+' | '-');
+    let domain_char = |c: char| c.is_alphanumeric() || c == '-' || c == '.';
+    let mut last_end = 0;
+    for (at, _) in t.match_indices('@') {
+        if at < last_end {
+            continue;
+        }
+        let mut s = at;
+        let mut n = 0;
+        for (i, c) in t[..at].char_indices().rev() {
+            if !local_char(c) || n == 64 {
+                break;
+            }
+            s = i;
+            n += 1;
+        }
+        // The local part must start with a letter or digit.
+        while s < at && !t[s..].starts_with(|c: char| c.is_alphanumeric()) {
+            s += t[s..].chars().next().map_or(1, char::len_utf8);
+        }
+        let mut e = at + 1;
+        for (i, c) in t[at + 1..].char_indices() {
+            if !domain_char(c) || i >= 253 {
+                break;
+            }
+            e = at + 1 + i + c.len_utf8();
+        }
+        while e > at + 1 && t[..e].ends_with(['.', '-']) {
+            e -= 1;
+        }
+        if s >= at || e <= at + 1 {
+            continue;
+        }
+        let local = &t[s..at];
+        let domain = &t[at + 1..e];
+        let labels: Vec<&str> = domain.split('.').collect();
+        let tld = labels.last().copied().unwrap_or("");
+        let ok = !local.ends_with('.')
+            && !local.contains("..")
+            && labels.len() >= 2
+            && labels.iter().all(|l| !l.is_empty() && l.chars().count() <= 63 && !l.starts_with('-') && !l.ends_with('-'))
+            && (2..=24).contains(&tld.chars().count())
+            && tld.chars().all(char::is_alphabetic);
+        if ok {
+            out.push((s, e));
+            last_end = e;
+        }
+    }
 }
 
 fn detectors() -> &'static [Detector] {
@@ -309,12 +359,6 @@ fn detectors() -> &'static [Detector] {
             d(Entity::PaymentCard, r"\d(?:[ \-]?\d){12,18}", 0, check_card),
             d(Entity::Iban, r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?", 0, check_iban),
             d(Entity::UsSsn, r"\d{3}-\d{2}-\d{4}", 0, check_ssn),
-            d(
-                Entity::Email,
-                r"[\p{L}\p{N}][\p{L}\p{N}._%+\-]{0,63}@(?:[\p{L}\p{N}](?:[\p{L}\p{N}\-]{0,61}[\p{L}\p{N}])?\.)+\p{L}{2,24}",
-                0,
-                check_email,
-            ),
             d(
                 Entity::Phone,
                 r"\+\d{1,3}(?:[ .\-]?\(?\d{1,4}\)?){2,5}|\(\d{3}\) ?\d{3}[ .\-]\d{4}|\d{3}([.\- ])\d{3}[.\- ]\d{4}|\d{3}-\d{4}",
@@ -498,6 +542,15 @@ impl Redactor {
                             out.push(Cand { entity: d.entity, start: v.start(), end: v.start() + vs.len() });
                         }
                     }
+                }
+            }
+        }
+        if self.on(Entity::Email) {
+            let mut spans = Vec::new();
+            find_emails(text, &mut spans);
+            for (s, e) in spans {
+                if !self.allow_values.contains(&text[s..e]) {
+                    out.push(Cand { entity: Entity::Email, start: s, end: e });
                 }
             }
         }

@@ -24,7 +24,7 @@
 use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
-use regex::{Regex, RegexBuilder};
+use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -154,6 +154,9 @@ pub(crate) struct SignatureSet {
     compact: Option<AhoCorasick>,
     compact_rule: Vec<u32>,
     patterns: Vec<(u32, Regex)>,
+    /// All patterns in one set: one pass tells which patterns match at all (usually none), so
+    /// the per-pattern passes that find spans run only for those.
+    set: Option<RegexSet>,
 }
 
 /// Shortest compact phrase (bytes) matched on the compact view: short ones would match across
@@ -161,6 +164,10 @@ pub(crate) struct SignatureSet {
 const MIN_COMPACT_PHRASE: usize = 12;
 /// Compiled size limit for one pattern (bytes of automaton), keeps hostile packs bounded.
 const PATTERN_SIZE_LIMIT: usize = 4 << 20;
+/// Lazy-DFA cache of the pattern set. With the default (2 MiB) the union automaton of a few
+/// dozen rules thrashes its cache and the `regex` crate falls back to the PikeVM (60× slower);
+/// 64 MiB keeps it in the DFA. Allocated lazily, per thread that scans.
+const SET_DFA_CACHE: usize = 64 << 20;
 
 fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
@@ -177,6 +184,7 @@ impl SignatureSet {
         let mut compact = Vec::new();
         let mut compact_rule = Vec::new();
         let mut patterns = Vec::new();
+        let mut sources = Vec::new();
         for (i, d) in defs.iter().enumerate() {
             let idx = i as u32;
             if d.id.trim().is_empty() {
@@ -212,6 +220,7 @@ impl SignatureSet {
                 let re = RegexBuilder::new(p).size_limit(PATTERN_SIZE_LIMIT).build().map_err(|e| {
                     Error::rule(format!("rules[{i}].patterns[{j}] ({}): {e}", d.id))
                 })?;
+                sources.push(p.to_string());
                 patterns.push((idx, re));
             }
             rules.push(Rule {
@@ -230,7 +239,19 @@ impl SignatureSet {
                 .map(Some)
                 .map_err(|e| Error::rule(format!("phrases: {e}")))
         };
+        let set = if sources.is_empty() {
+            None
+        } else {
+            Some(
+                RegexSetBuilder::new(&sources)
+                    .size_limit(PATTERN_SIZE_LIMIT * 16)
+                    .dfa_size_limit(SET_DFA_CACHE)
+                    .build()
+                    .map_err(|e| Error::rule(format!("patterns: {e}")))?,
+            )
+        };
         Ok(SignatureSet {
+            set,
             rules,
             phrases: build_ac(&phrases)?,
             phrase_rule,
@@ -273,10 +294,9 @@ impl SignatureSet {
         if phrases_only || kind == ViewKind::Compact {
             return;
         }
-        // One pass per pattern: each has its own lazy DFA and literal prefilter, which is far
-        // faster than a RegexSet over all of them (whose DFA thrashes and falls back to the
-        // PikeVM on long inputs).
-        for (rule, re) in &self.patterns {
+        let Some(set) = &self.set else { return };
+        for pi in set.matches(text).iter() {
+            let (rule, re) = &self.patterns[pi];
             for m in re.find_iter(text) {
                 push(*rule, m.start(), m.end());
             }
