@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::classifier::{calibrate, non_latin_share, Classifier};
 use crate::decode::find_encoded;
 use crate::error::{Error, Result};
 use crate::keys::{parse_key_hex, random_key, KeySet};
@@ -55,10 +56,13 @@ pub struct ClassifierVerdict {
     pub windows: usize,
     /// `ok`, `unavailable` (model or runtime missing: signatures only), or `skipped`.
     pub status: String,
-    /// True when most of the text is in a script the model's vocabulary does not cover; the
-    /// classifier score is then discounted rather than trusted.
+    /// True when most of the text's letters are outside the Latin script, which the shipped
+    /// model was not trained on; its score then cannot raise the decision above `allow`.
     #[serde(default)]
     pub language_unsupported: bool,
+    /// Why the classifier is unavailable (status `unavailable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The verdict on one prompt.
@@ -117,11 +121,12 @@ impl Verdict {
 /// assert_eq!(v.decision, vallum::Action::Block);
 /// assert!(v.rule_ids().contains(&"VAL-IO-001"));
 /// ```
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct FirewallBuilder {
     policy: Option<Policy>,
     key: Option<Vec<u8>>,
     packs: Vec<RulePack>,
+    classifier: Option<Arc<dyn Classifier>>,
 }
 
 impl FirewallBuilder {
@@ -134,6 +139,12 @@ impl FirewallBuilder {
     /// Sets the secret key (at least 16 bytes); overrides the policy's `key_hex`.
     pub fn key(mut self, key: &[u8]) -> Self {
         self.key = Some(key.to_vec());
+        self
+    }
+
+    /// Uses this classifier instead of loading the policy's ONNX model.
+    pub fn classifier(mut self, classifier: Arc<dyn Classifier>) -> Self {
+        self.classifier = Some(classifier);
         self
     }
 
@@ -191,8 +202,68 @@ impl FirewallBuilder {
         let vault = Vault::new(policy.redaction.vault_max_entries);
         let watermarker = Watermarker::new(keys.watermark);
         let actions = policy.actions.clone();
-        Ok(Firewall(Arc::new(Inner { policy, sigs, redactor, vault, watermarker, actions })))
+        let (classifier, classifier_error) = match (self.classifier, policy.classifier.enabled) {
+            (_, false) => (None, None),
+            (Some(c), true) => (Some(c), None),
+            (None, true) => match load_classifier(&policy) {
+                Ok(c) => (Some(c), None),
+                Err(e) if policy.classifier.required => return Err(e),
+                Err(e) => {
+                    tracing::warn!(code = e.code().as_str(), "classifier unavailable, signatures only: {}", e.message());
+                    (None, Some(e.to_string()))
+                }
+            },
+        };
+        let cls_thresholds = match (&policy.classifier.thresholds, &classifier) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(c)) => Some(c.config().thresholds.clone()),
+            (None, None) => None,
+        };
+        Ok(Firewall(Arc::new(Inner {
+            policy,
+            sigs,
+            redactor,
+            vault,
+            watermarker,
+            actions,
+            classifier,
+            classifier_error,
+            cls_thresholds,
+        })))
     }
+}
+
+#[cfg(feature = "onnx")]
+fn load_classifier(policy: &Policy) -> Result<Arc<dyn Classifier>> {
+    use crate::classifier::onnx::{OnnxClassifier, OnnxOptions};
+    let c = &policy.classifier;
+    let model_dir = match &c.model_dir {
+        Some(d) => match (&policy.base_dir, d.is_relative()) {
+            (Some(b), true) => b.join(d),
+            _ => d.clone(),
+        },
+        None => crate::classifier::find_model_dir(&crate::classifier::default_model_dirs()).ok_or_else(|| {
+            Error::new(
+                crate::ErrorCode::ModelIntegrity,
+                "no model bundle found (set classifier.model_dir or VALLUM_MODEL_DIR)",
+            )
+        })?,
+    };
+    let opts = OnnxOptions {
+        model_dir,
+        runtime_path: c.runtime_path.clone(),
+        sessions: c.sessions,
+        intra_threads: c.intra_threads,
+        window_stride: c.window_stride,
+        max_windows: c.max_windows,
+        batch_size: c.batch_size,
+    };
+    Ok(Arc::new(OnnxClassifier::load(&opts)?))
+}
+
+#[cfg(not(feature = "onnx"))]
+fn load_classifier(_policy: &Policy) -> Result<Arc<dyn Classifier>> {
+    Err(Error::new(crate::ErrorCode::RuntimeMissing, "built without the `onnx` feature"))
 }
 
 fn load_pack(path: &Path) -> Result<RulePack> {
@@ -213,6 +284,9 @@ struct Inner {
     vault: Vault,
     watermarker: Watermarker,
     actions: std::collections::BTreeMap<String, Action>,
+    classifier: Option<Arc<dyn Classifier>>,
+    classifier_error: Option<String>,
+    cls_thresholds: Option<crate::classifier::ModelThresholds>,
 }
 
 /// The firewall. Immutable after [`FirewallBuilder::build`]; clone it freely (an `Arc`), share it
@@ -282,12 +356,70 @@ impl Firewall {
             flags.watermark = true;
             flags.invisible_chars = flags.invisible_chars.saturating_sub(carriers);
         }
-        self.verdict(scan, hits, flags, truncated, text.len(), t0)
+        let cls = self.classify(scan, &flags);
+        self.verdict(scan, hits, flags, cls, truncated, text.len(), t0)
     }
 
-    /// Scans a batch of prompts (same results as calling [`Firewall::scan_prompt`] on each).
-    pub fn scan_prompts<S: AsRef<str>>(&self, texts: &[S]) -> Vec<Verdict> {
-        texts.iter().map(|t| self.scan_prompt(t.as_ref())).collect()
+    /// The classifier layer's verdict, or `None` when the classifier is switched off.
+    fn classify(&self, text: &str, flags: &Flags) -> Option<ClassifierVerdict> {
+        let policy = &self.0.policy.classifier;
+        if !policy.enabled {
+            return None;
+        }
+        let unavailable = |why: &str| {
+            Some(ClassifierVerdict {
+                score: 0.0,
+                windows: 0,
+                status: "unavailable".into(),
+                language_unsupported: false,
+                error: Some(why.to_string()),
+            })
+        };
+        let Some(c) = &self.0.classifier else {
+            return unavailable(self.0.classifier_error.as_deref().unwrap_or("classifier not loaded"));
+        };
+        let mut texts: Vec<String> = vec![text.to_string()];
+        if policy.score_normalized_view && flags.any_obfuscation() {
+            // The canonical view undoes invisible characters, look-alikes and spacing; the
+            // first chunk's worth is enough for the classifier's windows.
+            let mut cut = text.len().min(self.0.policy.limits.chunk_bytes);
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let v = crate::normalize::normalize(&text[..cut]);
+            let alt = v.despaced.map(|d| d.text).unwrap_or(v.canonical.text);
+            texts.push(alt);
+        }
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        match c.score_batch(&refs) {
+            Ok(scores) => {
+                let score = scores.iter().map(|s| s.score).fold(0.0f32, f32::max);
+                let windows = scores.iter().map(|s| s.windows).sum();
+                Some(ClassifierVerdict {
+                    score,
+                    windows,
+                    status: "ok".into(),
+                    language_unsupported: non_latin_share(text) > 0.5,
+                    error: None,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(code = e.code().as_str(), "classifier failed: {}", e.message());
+                unavailable(&e.to_string())
+            }
+        }
+    }
+
+    /// Scans a batch of prompts in parallel on the rayon pool (same results as calling
+    /// [`Firewall::scan_prompt`] on each, in order).
+    pub fn scan_prompts<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Vec<Verdict> {
+        use rayon::prelude::*;
+        texts.par_iter().map(|t| self.scan_prompt(t.as_ref())).collect()
+    }
+
+    /// True when a classifier is loaded.
+    pub fn has_classifier(&self) -> bool {
+        self.0.classifier.is_some()
     }
 
     /// Scans a conversation: the turns joined by `\n` (spans refer to that joined text), plus a
@@ -339,7 +471,8 @@ impl Firewall {
                     .collect();
                 all.extend(hits);
                 let flags = v.flags.clone();
-                v = self.verdict(&joined, all, flags, v.truncated, joined.len(), t0);
+                let cls = v.classifier.clone();
+                v = self.verdict(&joined, all, flags, cls, v.truncated, joined.len(), t0);
             }
         }
         v
@@ -398,7 +531,17 @@ impl Firewall {
         }
     }
 
-    fn verdict(&self, text: &str, mut hits: Vec<Hit>, flags: Flags, truncated: bool, input_bytes: usize, t0: Instant) -> Verdict {
+    #[allow(clippy::too_many_arguments)]
+    fn verdict(
+        &self,
+        text: &str,
+        mut hits: Vec<Hit>,
+        flags: Flags,
+        classifier: Option<ClassifierVerdict>,
+        truncated: bool,
+        input_bytes: usize,
+        t0: Instant,
+    ) -> Verdict {
         let sigs = &self.0.sigs;
         // Deduplicate: same rule and span → keep the first (canonical views come first).
         let mut seen = HashSet::new();
@@ -440,8 +583,24 @@ impl Firewall {
         if sig > 0.0 && flags.any_obfuscation() {
             sig = 1.0 - (1.0 - sig) * 0.7;
         }
-        let score = sig.clamp(0.0, 1.0);
+        let sig = sig.clamp(0.0, 1.0);
         let t = &self.0.policy.thresholds;
+        let mut score = sig;
+        let mut fail_closed = false;
+        if let Some(c) = &classifier {
+            if c.status == "ok" {
+                if let Some(mt) = &self.0.cls_thresholds {
+                    let mut cal = calibrate(c.score, mt, t.flag, t.block);
+                    if c.language_unsupported {
+                        // The model does not cover this script: its score may inform, not decide.
+                        cal = cal.min((t.flag - 0.01).max(0.0));
+                    }
+                    score = score.max(cal);
+                }
+            } else if self.0.policy.classifier.on_unavailable == crate::policy::Unavailable::FailClosed {
+                fail_closed = true;
+            }
+        }
         let mut decision = if score >= t.block {
             Action::Block
         } else if score >= t.flag {
@@ -453,11 +612,14 @@ impl Firewall {
         if truncated {
             decision = decision.max(self.0.policy.limits.oversize_action);
         }
+        if fail_closed {
+            decision = Action::Block;
+        }
         Verdict {
             decision,
             score,
-            signature_score: score,
-            classifier: None,
+            signature_score: sig,
+            classifier,
             matches,
             matches_truncated,
             flags,

@@ -22,6 +22,7 @@
 //! ```
 
 pub(crate) mod decode;
+pub mod classifier;
 pub mod error;
 pub mod eval;
 pub mod firewall;
@@ -36,6 +37,7 @@ pub mod watermark;
 pub use error::{Error, ErrorCode, Result};
 pub use firewall::{ClassifierVerdict, Firewall, FirewallBuilder, Match, Verdict};
 pub use normalize::{Flags, ViewKind};
+pub use classifier::Classifier;
 pub use policy::{Action, Policy};
 pub use redact::{Entity, Finding, OutputResult, Strategy, StreamRedactor, Vault};
 pub use signatures::{RuleDef, RulePack, Severity};

@@ -203,6 +203,66 @@ impl Default for CanaryPolicy {
     }
 }
 
+/// What the engine does when the classifier is enabled but cannot be loaded or fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unavailable {
+    /// Signatures only; the verdict's `classifier.status` says `unavailable`.
+    FailOpen,
+    /// Every prompt is blocked while the classifier is unavailable.
+    FailClosed,
+}
+
+/// Classifier settings (the ONNX model layer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassifierPolicy {
+    /// Use the classifier (default true; without the `onnx` feature it is always unavailable).
+    pub enabled: bool,
+    /// When true, a classifier that cannot be loaded is a build error (`model_integrity`,
+    /// `runtime_missing`, ...) instead of a degraded firewall. Default false.
+    pub required: bool,
+    /// Fail open (signatures only) or closed (block) when unavailable. Default `fail_open`.
+    pub on_unavailable: Unavailable,
+    /// Model bundle folder; default: see `classifier::default_model_dirs`.
+    pub model_dir: Option<PathBuf>,
+    /// ONNX Runtime shared library; default: searched (see `classifier::onnx`).
+    pub runtime_path: Option<PathBuf>,
+    /// Override of the model's calibrated probability thresholds.
+    pub thresholds: Option<crate::classifier::ModelThresholds>,
+    /// Override of the window stride (tokens).
+    pub window_stride: Option<usize>,
+    /// Override of the window cap per text.
+    pub max_windows: Option<usize>,
+    /// Sessions in the pool (default 2).
+    pub sessions: usize,
+    /// Intra-op threads per session (default 1).
+    pub intra_threads: usize,
+    /// Windows per ONNX batch (default 16).
+    pub batch_size: usize,
+    /// Also score the normalised view when obfuscation was seen (default true).
+    pub score_normalized_view: bool,
+}
+
+impl Default for ClassifierPolicy {
+    fn default() -> Self {
+        ClassifierPolicy {
+            enabled: true,
+            required: false,
+            on_unavailable: Unavailable::FailOpen,
+            model_dir: None,
+            runtime_path: None,
+            thresholds: None,
+            window_stride: None,
+            max_windows: None,
+            sessions: 2,
+            intra_threads: 1,
+            batch_size: 16,
+            score_normalized_view: true,
+        }
+    }
+}
+
 /// The whole policy. See the module docs and README for the format.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -229,6 +289,8 @@ pub struct Policy {
     pub watermark: WatermarkPolicy,
     /// Canary tokens.
     pub canary: CanaryPolicy,
+    /// The classifier layer.
+    pub classifier: ClassifierPolicy,
     #[serde(skip)]
     pub(crate) base_dir: Option<PathBuf>,
 }
@@ -245,6 +307,7 @@ impl Default for Policy {
             redaction: RedactionPolicy::default(),
             watermark: WatermarkPolicy::default(),
             canary: CanaryPolicy::default(),
+            classifier: ClassifierPolicy::default(),
             base_dir: None,
         }
     }
@@ -366,6 +429,18 @@ impl Policy {
         for (i, t) in c.tokens.iter().enumerate() {
             if t.len() < 8 {
                 return Err(Error::policy(format!("canary.tokens[{i}]: at least 8 bytes")));
+            }
+        }
+        let cl = &self.classifier;
+        if cl.sessions == 0 || cl.sessions > 64 {
+            return Err(Error::policy("classifier.sessions: within 1..=64"));
+        }
+        if cl.intra_threads == 0 || cl.batch_size == 0 {
+            return Err(Error::policy("classifier.intra_threads / classifier.batch_size: must be positive"));
+        }
+        if let Some(t) = &cl.thresholds {
+            if !(0.0..=1.0).contains(&t.flag) || !(0.0..=1.0).contains(&t.block) || t.flag > t.block {
+                return Err(Error::policy("classifier.thresholds: flag <= block, both within 0..=1"));
             }
         }
         if let Some(k) = &self.key_hex {

@@ -1,0 +1,271 @@
+//! The classifier layer: a [`Classifier`] trait, the model bundle format (config + `MANIFEST`
+//! integrity check), token windows for long inputs, and score fusion with the signature layer.
+//! The ONNX Runtime implementation is in [`onnx`] behind the `onnx` cargo feature, so the engine
+//! builds and tests without ONNX Runtime.
+//!
+//! # Model bundle (`models/<name>/`)
+//! - `model.onnx`: inputs `input_ids`, `attention_mask` (and optionally `token_type_ids`), int64
+//!   `[batch, sequence]`; output `score`, float32 `[batch]`, the probability of injection.
+//! - `tokenizer.json`: a `tokenizers` file (padding is disabled by the engine).
+//! - `config.json`: [`ModelConfig`].
+//! - `MANIFEST`: one line `sha256  size  file` per file; every listed file is verified at load
+//!   time (`model_integrity` error on mismatch or when the manifest is missing).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, ErrorCode, Result};
+
+/// Scores for one text.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClassifierScore {
+    /// Probability of injection/jailbreak, 0..1: the maximum over windows.
+    pub score: f32,
+    /// Token windows scored.
+    pub windows: usize,
+}
+
+/// A prompt-injection classifier. Implementations must be thread-safe; `score_batch` takes
+/// many texts at once so that implementations can batch them.
+pub trait Classifier: Send + Sync + std::fmt::Debug {
+    /// Scores each text. Errors: `classifier_failed`.
+    fn score_batch(&self, texts: &[&str]) -> Result<Vec<ClassifierScore>>;
+    /// The model's calibrated thresholds and window settings.
+    fn config(&self) -> &ModelConfig;
+}
+
+/// Calibrated thresholds (probabilities) shipped with a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelThresholds {
+    /// Flag at or above this probability (calibrated on benign dev rows).
+    pub flag: f32,
+    /// Block at or above this probability (calibrated to 1 % FPR on benign dev rows).
+    pub block: f32,
+}
+
+/// `config.json` of a model bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Model name.
+    pub name: String,
+    /// Window length in tokens, special tokens included.
+    pub max_length: usize,
+    /// Step between windows, in tokens.
+    pub window_stride: usize,
+    /// Most windows scored per text.
+    pub max_windows: usize,
+    /// Calibrated thresholds.
+    pub thresholds: ModelThresholds,
+    /// The tokenizer lower-cases (informational).
+    #[serde(default)]
+    pub lowercase: bool,
+    /// Input names.
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    /// Output name.
+    #[serde(default = "default_output")]
+    pub output: String,
+}
+
+fn default_output() -> String {
+    "score".into()
+}
+
+/// Reads `config.json` and verifies every file listed in `MANIFEST` (SHA-256 and size).
+/// Errors: `model_integrity` (missing manifest or file, digest or size mismatch), `io`.
+pub fn verify_bundle(dir: &Path) -> Result<ModelConfig> {
+    let manifest_path = dir.join("MANIFEST");
+    let manifest = std::fs::read_to_string(&manifest_path).map_err(|e| {
+        Error::new(ErrorCode::ModelIntegrity, format!("{}: cannot read MANIFEST: {e}", dir.display()))
+    })?;
+    let mut listed = 0;
+    for line in manifest.lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if parts.len() != 3 || parts[0].len() != 64 {
+            continue; // e.g. the `data-digest` line
+        }
+        let (digest, size, file) = (parts[0], parts[1], parts[2]);
+        let path = dir.join(file);
+        let bytes = std::fs::read(&path).map_err(|e| {
+            Error::new(ErrorCode::ModelIntegrity, format!("{}: listed in MANIFEST but unreadable: {e}", path.display()))
+        })?;
+        if size.parse::<usize>().ok() != Some(bytes.len()) {
+            return Err(Error::new(
+                ErrorCode::ModelIntegrity,
+                format!("{}: size {} differs from MANIFEST ({size})", path.display(), bytes.len()),
+            ));
+        }
+        let got = hex::encode(Sha256::digest(&bytes));
+        if got != digest {
+            return Err(Error::new(
+                ErrorCode::ModelIntegrity,
+                format!("{}: SHA-256 {got} differs from MANIFEST ({digest}): file tampered or corrupt", path.display()),
+            ));
+        }
+        listed += 1;
+    }
+    for required in ["model.onnx", "tokenizer.json", "config.json"] {
+        if !manifest.lines().any(|l| l.split_whitespace().nth(2) == Some(required)) {
+            return Err(Error::new(ErrorCode::ModelIntegrity, format!("{}: MANIFEST does not list {required}", dir.display())));
+        }
+    }
+    if listed == 0 {
+        return Err(Error::new(ErrorCode::ModelIntegrity, format!("{}: MANIFEST lists no files", dir.display())));
+    }
+    let cfg = std::fs::read_to_string(dir.join("config.json")).map_err(|e| Error::io(&dir.join("config.json"), e))?;
+    let cfg: ModelConfig = serde_json::from_str(&cfg)
+        .map_err(|e| Error::new(ErrorCode::ModelIntegrity, format!("{}/config.json: {e}", dir.display())))?;
+    if cfg.max_length < 8 || cfg.window_stride == 0 || cfg.window_stride > cfg.max_length || cfg.max_windows == 0 {
+        return Err(Error::new(ErrorCode::ModelIntegrity, format!("{}/config.json: bad window settings", dir.display())));
+    }
+    Ok(cfg)
+}
+
+/// Token windows over a sequence of `n` content tokens: `(start, end)` ranges of at most
+/// `len` tokens, `stride` apart. With more than `max_windows` windows the stride is widened
+/// so that the windows still span the whole text evenly (first and last window always kept).
+pub fn windows(n: usize, len: usize, stride: usize, max_windows: usize) -> Vec<(usize, usize)> {
+    if n <= len || len == 0 {
+        return vec![(0, n)];
+    }
+    let natural = (n - len).div_ceil(stride.max(1)) + 1;
+    let count = natural.min(max_windows.max(1));
+    if count == 1 {
+        return vec![(0, len)];
+    }
+    let span = n - len;
+    (0..count)
+        .map(|i| {
+            let s = span * i / (count - 1);
+            (s, s + len)
+        })
+        .collect()
+}
+
+/// Where the model bundle is looked for when the policy names none: `$VALLUM_MODEL_DIR`,
+/// `models/vallum-pi-minilm` under the current folder and its parents, next to the executable
+/// (and its parents), and in the source tree this crate was built from.
+pub fn default_model_dirs() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(d) = std::env::var_os("VALLUM_MODEL_DIR") {
+        v.push(PathBuf::from(d));
+    }
+    let rel = Path::new("models").join("vallum-pi-minilm");
+    let mut push_ancestors = |start: &Path| {
+        for a in start.ancestors().take(6) {
+            v.push(a.join(&rel));
+        }
+    };
+    if let Ok(cwd) = std::env::current_dir() {
+        push_ancestors(&cwd);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(p) = exe.parent() {
+            push_ancestors(p);
+        }
+    }
+    v.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(&rel));
+    v
+}
+
+/// The first folder of `dirs` holding a `MANIFEST`.
+pub fn find_model_dir(dirs: &[PathBuf]) -> Option<PathBuf> {
+    dirs.iter().find(|d| d.join("MANIFEST").is_file()).cloned()
+}
+
+/// Maps a classifier probability onto the policy's score scale, piecewise linearly, so that the
+/// model's flag threshold lands on the policy's flag threshold and its block threshold on the
+/// policy's block threshold (0 → 0, 1 → 1). This lets one pair of policy thresholds decide
+/// for both layers.
+pub fn calibrate(p: f32, model: &ModelThresholds, flag: f32, block: f32) -> f32 {
+    let p = p.clamp(0.0, 1.0);
+    let (mf, mb) = (model.flag.clamp(1e-6, 1.0), model.block.clamp(model.flag, 1.0));
+    let v = if p < mf {
+        p / mf * flag
+    } else if p < mb {
+        flag + (p - mf) / (mb - mf).max(1e-6) * (block - flag)
+    } else {
+        block + (p - mb) / (1.0 - mb).max(1e-6) * (1.0 - block)
+    };
+    v.clamp(0.0, 1.0)
+}
+
+/// Share of letters outside the Latin script (0..1): the shipped model's vocabulary and
+/// training data are mostly Latin-script, so its score is not trusted above 0.5.
+pub fn non_latin_share(text: &str) -> f32 {
+    let mut letters = 0u32;
+    let mut other = 0u32;
+    for c in text.chars().filter(|c| c.is_alphabetic()) {
+        letters += 1;
+        let latin = c.is_ascii() || ('\u{00C0}'..='\u{024F}').contains(&c) || ('\u{1E00}'..='\u{1EFF}').contains(&c);
+        if !latin {
+            other += 1;
+        }
+    }
+    if letters == 0 {
+        0.0
+    } else {
+        other as f32 / letters as f32
+    }
+}
+
+#[cfg(feature = "onnx")]
+pub mod onnx;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_cover_and_are_capped() {
+        assert_eq!(windows(10, 254, 128, 16), vec![(0, 10)]);
+        let w = windows(1000, 254, 128, 16);
+        assert_eq!(w.first(), Some(&(0, 254)));
+        assert_eq!(w.last().map(|x| x.1), Some(1000));
+        assert!(w.windows(2).all(|p| p[1].0 - p[0].0 <= 128));
+        let w = windows(50_000, 254, 128, 16);
+        assert_eq!(w.len(), 16);
+        assert_eq!(w.last().map(|x| x.1), Some(50_000));
+    }
+
+    #[test]
+    fn calibration_maps_thresholds() {
+        let m = ModelThresholds { flag: 0.4, block: 0.95 };
+        assert!((calibrate(0.4, &m, 0.5, 0.8) - 0.5).abs() < 1e-6);
+        assert!((calibrate(0.95, &m, 0.5, 0.8) - 0.8).abs() < 1e-6);
+        assert_eq!(calibrate(0.0, &m, 0.5, 0.8), 0.0);
+        assert!((calibrate(1.0, &m, 0.5, 0.8) - 1.0).abs() < 1e-6);
+        assert!(calibrate(0.3, &m, 0.5, 0.8) < 0.5);
+    }
+
+    #[test]
+    fn script_share() {
+        assert_eq!(non_latin_share("Wo finde ich eine Apotheke?"), 0.0);
+        assert!(non_latin_share("早上好，今天天气怎么样？") > 0.9);
+    }
+
+    #[test]
+    fn tampered_or_missing_manifest_is_refused() {
+        let dir = std::env::temp_dir().join(format!("vallum-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(verify_bundle(&dir).unwrap_err().code(), ErrorCode::ModelIntegrity);
+        for f in ["model.onnx", "tokenizer.json"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        let cfg = r#"{"name":"t","max_length":16,"window_stride":8,"max_windows":4,"thresholds":{"flag":0.5,"block":0.9}}"#;
+        std::fs::write(dir.join("config.json"), cfg).unwrap();
+        let line = |f: &str| {
+            let b = std::fs::read(dir.join(f)).unwrap();
+            format!("{}  {}  {f}\n", hex::encode(Sha256::digest(&b)), b.len())
+        };
+        let m = format!("{}{}{}", line("model.onnx"), line("tokenizer.json"), line("config.json"));
+        std::fs::write(dir.join("MANIFEST"), &m).unwrap();
+        assert_eq!(verify_bundle(&dir).unwrap().max_length, 16);
+        std::fs::write(dir.join("model.onnx"), b"y").unwrap();
+        let e = verify_bundle(&dir).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::ModelIntegrity);
+        assert!(e.message().contains("tampered"), "{e}");
+    }
+}
