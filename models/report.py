@@ -124,6 +124,13 @@ def write_model_card(out_dir, m):
       "clusters, measure on the other half): " + "; ".join(
           f"FPR {pct(c['fpr_at_block'])}, TPR {pct(c['tpr_at_block'])}, worst benign source {c['worst_benign_source']} "
           f"{pct(c['worst_benign_fpr'])}" for c in m["two_fold_calibration_check"]) + ".\n")
+    if m.get("alt_thresholds"):
+        al = m["alt_thresholds"]
+        w(f"- Alternative (not shipped): block at plain 1% overall dev FPR = {al['block']:.4f} gives TPR "
+          f"{pct(al['tpr'])} but benign sources above 2% FPR: "
+          + (", ".join(f"{k} {pct(v['fpr'])} ({v['count']}/{v['n']})" for k, v in al["over_2pct"].items()) or "none")
+          + ". The shipped block threshold is raised until every benign source with n >= 30 is at or below 2%.")
+        w("")
     w("### Per source (dev)\n")
     w("Rate = TPR for label 1 rows, FPR for label 0 rows. `ALL_non_english_benign` = machine-translated "
       "cyberseceval_benign rows + translated tasktracker questions + gettext translations.\n")
@@ -135,16 +142,35 @@ def write_model_card(out_dir, m):
         lo = m["loso"]
         c = lo["config"]
         w("## Leave-one-source-out\n")
-        w(f"Cheaper config than the shipped model: {c['layers']} layer, {c['epochs']} epoch, {c['train_rows']} training "
-          f"rows sampled, trained at {c['max_len']} tokens. Each run drops every cluster that contains a row of the "
-          "held-out source (so its near-duplicates in other sources go too), calibrates block/flag on that run's dev "
-          "benign rows the same way, and scores all rows of the held-out source. Baseline = same cheap config trained "
-          "with every source, scored on the held-out source's dev rows.\n")
-        w("| held-out source | positives | TPR at block (all rows) | TPR at flag | TPR at block, dev rows | baseline TPR at block, dev rows | benign rows | FPR at block |\n|---|---|---|---|---|---|---|---|")
+        w(f"Cheaper config than the shipped model: {c['layers']} layer, {c['epochs']} epoch(s), {c['train_rows']} "
+          f"training rows sampled, trained at {c['max_len']} tokens (lr {c.get('lr', '')}). Each run drops every "
+          "cluster that contains a row of the held-out source (so its near-duplicates in other sources go too), "
+          "calibrates thresholds on that run's dev benign rows the same way as the shipped model (block: overall 1% "
+          "and every benign source <= 2%), and scores all rows of the held-out source. `1% thr` = threshold at 1% "
+          "FPR over all dev benign rows only; AUC = held-out positives vs dev benign rows. Baseline = same cheap "
+          "config trained with every source, scored on the held-out source's dev rows (only those were unseen).\n")
+        w("| held-out source | positives | TPR at block | TPR at 1% thr | TPR at flag | AUC | dev rows: TPR at 1% thr (LOSO / baseline) | dev rows: AUC (LOSO / baseline) | its benign rows: FPR at block / 1% thr |")
+        w("|---|---|---|---|---|---|---|---|---|")
         for r in lo["runs"]:
-            w(f"| {r['held_out']} | {r['n_pos']} | {pct(r['tpr_block'])} | {pct(r['tpr_flag'])} | "
-              f"{pct(r['tpr_block_dev_rows'])} | {pct(r['baseline_tpr_block_dev_rows'])} | {r['n_neg']} | {pct(r['fpr_block'])} |")
+            al, dv, bs = r["all"], r["dev_rows"], r["baseline_dev_rows"]
+            fp = "-" if not r["n_neg"] else f"{pct(r['fpr_block'])} / {pct(r['fpr_1pct'])} (n={r['n_neg']})"
+            dvr = "no dev rows" if not dv.get("n") else f"{pct(dv['tpr_1pct'])} / {pct(bs.get('tpr_1pct'))} (n={dv['n']})"
+            dva = "-" if not dv.get("n") else f"{dv['auc_vs_dev_benign']:.3f} / {bs.get('auc_vs_dev_benign', float('nan')):.3f}"
+            w(f"| {r['held_out']} | {al['n']} | {pct(al['tpr_block'])} | {pct(al['tpr_1pct'])} | {pct(al['tpr_flag'])} | "
+              f"{al['auc_vs_dev_benign']:.3f} | {dvr} | {dva} | {fp} |")
         w("")
+    if m.get("layer_choice"):
+        w("## Layer choice\n")
+        w("Both variants trained with the same data, split, caps and schedule; int8, dev set, thresholds calibrated "
+          "the same way; latency int8, 1 thread, batch 1 (p50 ms).\n")
+        w("| layers | AUC | TPR at 1% FPR | TPR at block | block binding | p50 ms @128 | p50 ms @256 | model.onnx MB | train min |")
+        w("|---|---|---|---|---|---|---|---|---|")
+        for r in m["layer_choice"]:
+            w(f"| {r['layers']} | {r['auc']:.4f} | {pct(r['tpr_1pct'])} | {pct(r['tpr_block'])} | {r['binding']} | "
+              f"{r['p50_128']:.2f} | {r['p50_256']:.2f} | {r['mb']:.1f} | {r['train_min']:.1f} |")
+        w("")
+        if m.get("layer_choice_note"):
+            w(m["layer_choice_note"] + "\n")
     w("## fp32 vs int8\n")
     w(f"- Same block decision on {pct(a['same_block_decision'])} of dev rows, same flag decision on "
       f"{pct(a['same_flag_decision'])}; max |fp32 - int8| = {a['fp32_vs_int8_max_abs_diff']:.4f}, mean "

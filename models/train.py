@@ -558,7 +558,8 @@ def calibrate(rows, scores, overall_block=0.01, per_source_block=0.02, overall_f
         if t > block:
             block, binding = t, f"{name} <= 2% FPR"
     flag = min(threshold_for_fpr(benign, overall_flag), block)
-    return float(flag), float(block), binding
+    # round up to the 6 decimals written to config.json, so the shipped numbers are exact
+    return math.ceil(flag * 1e6) / 1e6, math.ceil(block * 1e6) / 1e6, binding
 
 
 def source_table(rows, scores, flag, block):
@@ -652,10 +653,13 @@ def main():
     ap.add_argument("--max-steps", type=int, default=None, help="smoke tests only")
     ap.add_argument("--loso", default="jailbreakbench_artifacts,multilingual_prompt_injections,spikee,latent_jailbreak")
     ap.add_argument("--loso-layers", type=int, default=1)
-    ap.add_argument("--loso-epochs", type=int, default=1)
+    ap.add_argument("--loso-epochs", type=int, default=2)
+    ap.add_argument("--loso-lr", type=float, default=1.5e-4)
     ap.add_argument("--loso-max-len", type=int, default=128)
-    ap.add_argument("--loso-train-rows", type=int, default=7000)
+    ap.add_argument("--loso-train-rows", type=int, default=10000)
     ap.add_argument("--skip-loso", action="store_true")
+    ap.add_argument("--loso-only", action="store_true",
+                    help="redo only the LOSO runs; merge into models/reports/<name>-metrics.json, re-render MODEL.md")
     args = ap.parse_args()
 
     global LOG_PATH
@@ -722,6 +726,19 @@ def main():
                "split": [{"source": s, "label": l, "train_side": v[0], "dev": v[1], "used": v[2]}
                          for (s, l), v in sorted(split_tab.items())],
                "timings_s": {}}
+
+    if args.loso_only:
+        mpath = reports / f"{name}-metrics.json"
+        prev = json.loads(mpath.read_text())
+        assert prev["data_digest"] == digest, "data changed since the main run"
+        t = time.time()
+        prev["loso"] = run_loso(args, all_rows, dev, tok, caps, rng_seed=args.seed)
+        prev["timings_s"]["loso"] = time.time() - t
+        _dump(prev, mpath)
+        import report
+        report.write_model_card(out, prev)
+        log(f"LOSO-only done in {(time.time() - T0) / 60:.1f} min")
+        return
 
     # ---------------------------------------------------------- main model
     t = time.time()
@@ -800,7 +817,9 @@ def main():
 
     # ---------------------------------------------------------- leave-one-source-out
     if not args.skip_loso:
+        t = time.time()
         metrics["loso"] = run_loso(args, all_rows, dev, tok, caps, rng_seed=args.seed)
+        metrics["timings_s"]["loso"] = time.time() - t
         _dump(metrics, reports / f"{name}-metrics.json")
 
     metrics["timings_s"]["total"] = time.time() - T0
@@ -815,7 +834,7 @@ def run_loso(args, all_rows, dev, tok, caps, rng_seed):
     """Cheap config: args.loso_layers layers, args.loso_epochs epoch(s), args.loso_train_rows rows,
     train at args.loso_max_len tokens. Baseline = same config with every source."""
     res = {"config": {"layers": args.loso_layers, "epochs": args.loso_epochs, "max_len": args.loso_max_len,
-                      "train_rows": args.loso_train_rows}, "runs": []}
+                      "train_rows": args.loso_train_rows, "lr": args.loso_lr}, "runs": []}
     held_sources = [s for s in args.loso.split(",") if s]
 
     def fit_eval(exclude):
@@ -826,7 +845,7 @@ def run_loso(args, all_rows, dev, tok, caps, rng_seed):
         if len(pool) > args.loso_train_rows:
             pool = rng.sample(pool, args.loso_train_rows)
         t = time.time()
-        m = train_model(pool, tok, args.loso_layers, args.loso_epochs, args.loso_max_len, args.batch, args.lr * 1.5,
+        m = train_model(pool, tok, args.loso_layers, args.loso_epochs, args.loso_max_len, args.batch, args.loso_lr,
                         args.head_lr, rng_seed, tag=f"loso-{exclude or 'baseline'}")
         calib = [r for r in dev if r["cluster"] not in excl_clusters and r["label"] == 0]
         ev = [r for r in all_rows if r["source"] in held_sources]
@@ -835,27 +854,33 @@ def run_loso(args, all_rows, dev, tok, caps, rng_seed):
         sc = V.torch_scores(m, w)
         sc_cal, sc_ev = sc[:len(calib)], sc[len(calib):]
         flag, block, _ = calibrate(calib, sc_cal)
-        return m, ev, sc_ev, flag, block, time.time() - t, len(pool)
+        thr1 = threshold_for_fpr(sc_cal, 0.01)
+        return m, ev, sc_ev, flag, block, thr1, sc_cal, time.time() - t, len(pool)
 
-    _, ev, sc, flag, block, secs, n = fit_eval(None)
+    def rates(sc, ii, flag, block, thr1, sc_cal):
+        if not ii:
+            return {"n": 0}
+        y = np.r_[np.ones(len(ii)), np.zeros(len(sc_cal))]
+        return {"n": len(ii), "tpr_block": float((sc[ii] >= block).mean()), "tpr_flag": float((sc[ii] >= flag).mean()),
+                "tpr_1pct": float((sc[ii] >= thr1).mean()), "auc_vs_dev_benign": auc(y, np.r_[sc[ii], sc_cal])}
+
+    _, ev, sc, flag, block, thr1, sc_cal, secs, n = fit_eval(None)
     base = {}
     for s in held_sources:
         ii = [i for i, r in enumerate(ev) if r["source"] == s and r["dev"] and r["label"] == 1]
-        base[s] = {"n_dev_pos": len(ii), "tpr_block": float((sc[ii] >= block).mean()) if ii else None,
-                   "tpr_flag": float((sc[ii] >= flag).mean()) if ii else None}
-    log(f"LOSO baseline ({n} rows, {secs:.0f}s): {base}")
+        base[s] = rates(sc, ii, flag, block, thr1, sc_cal)
+    log(f"LOSO baseline ({n} rows, {secs:.0f}s, block {block:.4f}, 1% thr {thr1:.4f}): {base}")
     res["baseline"] = base
     for s in held_sources:
-        _, ev, sc, flag, block, secs, n = fit_eval(s)
+        _, ev, sc, flag, block, thr1, sc_cal, secs, n = fit_eval(s)
         pos = [i for i, r in enumerate(ev) if r["source"] == s and r["label"] == 1]
         pos_dev = [i for i in pos if ev[i]["dev"]]
         neg = [i for i, r in enumerate(ev) if r["source"] == s and r["label"] == 0]
-        run = {"held_out": s, "train_rows": n, "seconds": secs, "n_pos": len(pos),
-               "tpr_block": float((sc[pos] >= block).mean()) if pos else None,
-               "tpr_flag": float((sc[pos] >= flag).mean()) if pos else None,
-               "tpr_block_dev_rows": float((sc[pos_dev] >= block).mean()) if pos_dev else None,
-               "baseline_tpr_block_dev_rows": base[s]["tpr_block"],
-               "n_neg": len(neg), "fpr_block": float((sc[neg] >= block).mean()) if neg else None}
+        run = {"held_out": s, "train_rows": n, "seconds": secs, "block": block, "thr_1pct": thr1,
+               "all": rates(sc, pos, flag, block, thr1, sc_cal), "dev_rows": rates(sc, pos_dev, flag, block, thr1, sc_cal),
+               "baseline_dev_rows": base[s],
+               "n_neg": len(neg), "fpr_block": float((sc[neg] >= block).mean()) if neg else None,
+               "fpr_1pct": float((sc[neg] >= thr1).mean()) if neg else None}
         log(f"LOSO {s}: {run}")
         res["runs"].append(run)
     return res

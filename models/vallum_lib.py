@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -325,7 +326,7 @@ def sha256_file(p) -> str:
 def write_config(out_dir, name, max_length, stride, max_windows, flag, block):
     cfg = {"name": name, "max_length": int(max_length), "window_stride": int(stride),
            "max_windows": int(max_windows),
-           "thresholds": {"flag": round(float(flag), 6), "block": round(float(block), 6)},
+           "thresholds": {"flag": math.ceil(float(flag) * 1e6) / 1e6, "block": math.ceil(float(block) * 1e6) / 1e6},
            "lowercase": True, "inputs": list(INPUT_NAMES), "output": OUTPUT_NAME}
     assert list(cfg) == CONFIG_KEYS
     Path(out_dir, "config.json").write_text(json.dumps(cfg, indent=2) + "\n")

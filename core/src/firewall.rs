@@ -378,19 +378,41 @@ impl Firewall {
         let Some(c) = &self.0.classifier else {
             return unavailable(self.0.classifier_error.as_deref().unwrap_or("classifier not loaded"));
         };
-        let mut texts: Vec<String> = vec![text.to_string()];
+        // Long texts: score `max_windows` evenly spaced excerpts of about one window each
+        // instead of tokenising everything, so time and memory stay bounded whatever the size
+        // (signatures still scan every byte).
+        let cfg = c.config();
+        let excerpt = cfg.max_length.saturating_mul(3).max(64);
+        let budget = excerpt.saturating_mul(cfg.max_windows.max(1));
+        let mut refs: Vec<&str> = Vec::new();
+        if text.len() <= budget {
+            refs.push(text);
+        } else {
+            let n = cfg.max_windows.max(1);
+            let span = text.len() - excerpt;
+            for i in 0..n {
+                let mut a = if n == 1 { 0 } else { span * i / (n - 1) };
+                while !text.is_char_boundary(a) {
+                    a -= 1;
+                }
+                let mut b = (a + excerpt).min(text.len());
+                while !text.is_char_boundary(b) {
+                    b -= 1;
+                }
+                refs.push(&text[a..b]);
+            }
+        }
+        let normalized: String;
         if policy.score_normalized_view && flags.any_obfuscation() {
-            // The canonical view undoes invisible characters, look-alikes and spacing; the
-            // first chunk's worth is enough for the classifier's windows.
-            let mut cut = text.len().min(self.0.policy.limits.chunk_bytes);
+            // The canonical view undoes invisible characters, look-alikes and spacing.
+            let mut cut = text.len().min(budget);
             while !text.is_char_boundary(cut) {
                 cut -= 1;
             }
             let v = crate::normalize::normalize(&text[..cut]);
-            let alt = v.despaced.map(|d| d.text).unwrap_or(v.canonical.text);
-            texts.push(alt);
+            normalized = v.despaced.map(|d| d.text).unwrap_or(v.canonical.text);
+            refs.push(&normalized);
         }
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         match c.score_batch(&refs) {
             Ok(scores) => {
                 let score = scores.iter().map(|s| s.score).fold(0.0f32, f32::max);
