@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 use vallum::eval::{auc, tpr_at_fpr, Counts, Report};
 use vallum::{Action, Firewall, Policy};
 
+mod plots;
+
 /// Longest input line read (bytes); longer lines are reported as errors and skipped.
 const MAX_LINE_BYTES: usize = 256 << 20;
 
@@ -77,6 +79,12 @@ enum Cmd {
         /// Decision that counts as a positive prediction.
         #[arg(long, value_enum, default_value = "flag")]
         positive_at: PositiveAt,
+        /// Write ROC curves and per-source score histograms (SVG) into this folder.
+        #[arg(long)]
+        plots: Option<PathBuf>,
+        /// Turn the classifier off (signature layer alone).
+        #[arg(long)]
+        signatures_only: bool,
         /// Labelled JSONL files.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -294,7 +302,9 @@ fn run(cli: Cli) -> Result<bool, String> {
             Ok(true)
         }
         Cmd::Watermark(w) => watermark(w),
-        Cmd::Eval { policy, json, positive_at, paths } => eval(&policy, json, positive_at, &paths),
+        Cmd::Eval { policy, json, positive_at, plots, signatures_only, paths } => {
+            eval(&policy, json, positive_at, plots.as_deref(), signatures_only, &paths)
+        }
     }
 }
 
@@ -342,8 +352,28 @@ fn fmt_opt(v: Option<f64>) -> String {
     v.map(|x| format!("{:.4}", x)).unwrap_or_else(|| "-".into())
 }
 
-fn eval(policy: &Option<PathBuf>, as_json: bool, positive_at: PositiveAt, paths: &[PathBuf]) -> Result<bool, String> {
-    let fw = firewall(policy, None)?;
+fn eval(
+    policy: &Option<PathBuf>,
+    as_json: bool,
+    positive_at: PositiveAt,
+    plot_dir: Option<&Path>,
+    signatures_only: bool,
+    paths: &[PathBuf],
+) -> Result<bool, String> {
+    let fw = if signatures_only {
+        let mut p = match policy {
+            Some(path) => Policy::from_file(path).map_err(|e| e.to_string())?,
+            None => Policy::default(),
+        };
+        p.classifier.enabled = false;
+        Firewall::builder().policy(p).build().map_err(|e| e.to_string())?
+    } else {
+        firewall(policy, None)?
+    };
+    if !signatures_only && !fw.has_classifier() {
+        eprintln!("vallum: classifier unavailable, evaluating signatures only (see `classifier` in the verdicts)");
+    }
+    let mut by_source: std::collections::BTreeMap<String, Vec<(f32, bool)>> = Default::default();
     let min = match positive_at {
         PositiveAt::Flag => Action::Flag,
         PositiveAt::Block => Action::Block,
@@ -397,8 +427,9 @@ fn eval(policy: &Option<PathBuf>, as_json: bool, positive_at: PositiveAt, paths:
                     let v = fw.scan_prompt(&text);
                     let pred = v.decision >= min;
                     report.overall.add(label, pred);
-                    report.per_source.entry(source).or_insert_with(Counts::default).add(label, pred);
+                    report.per_source.entry(source.clone()).or_insert_with(Counts::default).add(label, pred);
                     scores.push((v.score, label));
+                    by_source.entry(source).or_default().push((v.score, label));
                 }
             }
         }
@@ -412,6 +443,10 @@ fn eval(policy: &Option<PathBuf>, as_json: bool, positive_at: PositiveAt, paths:
     report.f1 = o.f1();
     report.auc = auc(&scores);
     report.tpr_at_1pct_fpr = tpr_at_fpr(&scores, 0.01);
+    if let Some(dir) = plot_dir {
+        let files = plots::write(dir, &scores, &by_source)?;
+        eprintln!("vallum: wrote {} plots to {}", files.len(), dir.display());
+    }
     if as_json {
         let mut v = serde_json::to_value(&report).map_err(|e| e.to_string())?;
         if let Some(ps) = v.get_mut("per_source").and_then(Value::as_object_mut) {
