@@ -78,16 +78,19 @@ fn runtime_candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
         v.extend(lib_names(&r.join(".ort").join("lib")));
     }
     // Python onnxruntime: ask the interpreter where the package is (no import of the package).
-    for py in ["python3", "python"] {
-        let out = std::process::Command::new(py)
-            .args(["-c", "import importlib.util as u; s = u.find_spec('onnxruntime'); print(s.submodule_search_locations[0] if s and s.submodule_search_locations else '')"])
-            .stderr(std::process::Stdio::null())
-            .output();
-        if let Ok(o) = out {
-            let dir = String::from_utf8_lossy(&o.stdout).trim().to_string();
-            if !dir.is_empty() {
-                v.extend(lib_names(&Path::new(&dir).join("capi")));
-                break;
+    // Spawning Python costs tens of milliseconds, so only when nothing was found so far.
+    if !v.iter().any(|p| p.is_file()) {
+        for py in ["python3", "python"] {
+            let out = std::process::Command::new(py)
+                .args(["-c", "import importlib.util as u; s = u.find_spec('onnxruntime'); print(s.submodule_search_locations[0] if s and s.submodule_search_locations else '')"])
+                .stderr(std::process::Stdio::null())
+                .output();
+            if let Ok(o) = out {
+                let dir = String::from_utf8_lossy(&o.stdout).trim().to_string();
+                if !dir.is_empty() {
+                    v.extend(lib_names(&Path::new(&dir).join("capi")));
+                    break;
+                }
             }
         }
     }
