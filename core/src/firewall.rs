@@ -617,6 +617,12 @@ impl Firewall {
                         // The model does not cover this script: its score may inform, not decide.
                         cal = cal.min((t.flag - 0.01).max(0.0));
                     }
+                    if !matches.is_empty() && matches.iter().all(|m| m.quoted) {
+                        // Every signature hit sits inside quotes: the text reports an attack
+                        // string (a bug report, a discussion) rather than issuing it, and the
+                        // classifier, which sees the same words, may flag but not block it.
+                        cal = cal.min((t.block - 0.01).max(0.0));
+                    }
                     score = score.max(cal);
                 }
             } else if self.0.policy.classifier.on_unavailable == crate::policy::Unavailable::FailClosed {
@@ -690,6 +696,12 @@ impl Firewall {
     /// Recovers a watermark made with this firewall's key.
     pub fn detect_watermark(&self, text: &str) -> Option<Detection> {
         self.0.watermarker.detect(text)
+    }
+
+    /// A streaming watermarker for `payload` (see [`watermark::StreamWatermarker`]); passes text
+    /// through unchanged when `watermark.enabled` is false.
+    pub fn stream_watermarker(&self, payload: u64) -> watermark::StreamWatermarker {
+        watermark::StreamWatermarker::new(&self.0.watermarker, payload, self.0.policy.watermark.enabled)
     }
 
     /// Removes watermark marks (any key).

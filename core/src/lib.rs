@@ -41,4 +41,4 @@ pub use classifier::Classifier;
 pub use policy::{Action, Policy};
 pub use redact::{Entity, Finding, OutputResult, Strategy, StreamRedactor, Vault};
 pub use signatures::{RuleDef, RulePack, Severity};
-pub use watermark::Detection;
+pub use watermark::{Detection, StreamWatermarker};

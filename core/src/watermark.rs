@@ -290,6 +290,92 @@ impl Watermarker {
     }
 }
 
+/// Watermarks a streamed text chunk by chunk, continuing the frame across chunks: the
+/// concatenated output equals [`Watermarker::embed`] of the whole text for texts without code
+/// (fenced blocks and inline code are tracked line by line; marks are never put inside them).
+/// Holds back nothing: a mark is written before the first character after a gap, whenever that
+/// character arrives. If the input already carries marks, marking stops from there on.
+#[derive(Debug, Clone)]
+pub struct StreamWatermarker {
+    frame: Vec<char>,
+    k: usize,
+    prev2: Option<char>,
+    prev: Option<char>,
+    in_fence: bool,
+    in_inline: bool,
+    line_head: String,
+    stopped: bool,
+    enabled: bool,
+}
+
+impl StreamWatermarker {
+    pub(crate) fn new(wm: &Watermarker, payload: u64, enabled: bool) -> Self {
+        StreamWatermarker {
+            frame: wm.frame(payload),
+            k: 0,
+            prev2: None,
+            prev: None,
+            in_fence: false,
+            in_inline: false,
+            line_head: String::new(),
+            stopped: false,
+            enabled,
+        }
+    }
+
+    /// Watermarks the next chunk and returns it.
+    pub fn push(&mut self, chunk: &str) -> String {
+        if !self.enabled {
+            return chunk.to_string();
+        }
+        let mut out = String::with_capacity(chunk.len() + 16);
+        for c in chunk.chars() {
+            if self.prev.is_some_and(is_gap_char) && is_carrier(c) {
+                self.stopped = true;
+            }
+            let gap_before = self.prev.is_some_and(is_gap_char)
+                && self.prev2.is_some_and(|p| !p.is_whitespace() && !is_carrier(p))
+                && !c.is_whitespace()
+                && !is_carrier(c);
+            if gap_before && !self.stopped && !self.in_fence && !self.in_inline {
+                for _ in 0..PER_GAP {
+                    out.push(self.frame[self.k % self.frame.len()]);
+                    self.k += 1;
+                }
+            }
+            out.push(c);
+            self.track(c);
+            self.prev2 = self.prev;
+            self.prev = Some(c);
+        }
+        out
+    }
+
+    /// Ends the stream (nothing is held back, so this returns an empty string; kept for
+    /// symmetry with [`crate::StreamRedactor::finish`]).
+    pub fn finish(&mut self) -> String {
+        String::new()
+    }
+
+    fn track(&mut self, c: char) {
+        if c == '\n' {
+            self.line_head.clear();
+            self.in_inline = false;
+            return;
+        }
+        if self.line_head.len() < 8 && !(self.line_head.is_empty() && c.is_whitespace()) {
+            self.line_head.push(c);
+            if self.line_head == "```" || self.line_head == "~~~" {
+                self.in_fence = !self.in_fence;
+                return;
+            }
+        }
+        if c == '`' && !self.in_fence && !self.line_head.starts_with("``") {
+            self.in_inline = !self.in_inline;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,6 +424,28 @@ mod tests {
         assert!(m.contains("`x y z`"));
         assert!(m.contains("```\nlet a = b + c;\n```"));
         assert_eq!(strip(&m), t);
+    }
+
+    #[test]
+    fn streaming_equals_whole_for_any_chunking() {
+        let w = Watermarker::new([2; 32]);
+        let t = format!("{} 早上好，今天天气怎么样？ {}", words(70), words(30));
+        let whole = w.embed(&t, 31337);
+        for step in [1usize, 2, 3, 7, 50, 1000] {
+            let mut s = StreamWatermarker::new(&w, 31337, true);
+            let mut out = String::new();
+            let chars: Vec<char> = t.chars().collect();
+            for c in chars.chunks(step) {
+                out.push_str(&s.push(&c.iter().collect::<String>()));
+            }
+            out.push_str(&s.finish());
+            assert_eq!(out, whole, "step {step}");
+        }
+        let mut s = StreamWatermarker::new(&w, 1, true);
+        let code = "intro text here\n```\nlet a = b + c;\n```\nand `x y` done";
+        let out = s.push(code);
+        assert!(out.contains("let a = b + c;") && out.contains("`x y`"));
+        assert_eq!(strip(&out), code);
     }
 
     #[test]

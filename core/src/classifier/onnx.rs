@@ -316,11 +316,15 @@ impl Classifier for OnnxClassifier {
                 counts[ti] += 1;
             }
         }
-        // Dynamic padding: batch windows of similar length together.
-        let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_by_key(|&i| items[i].1.len());
+        // Batch only windows of equal length: the int8 model quantises activations dynamically
+        // per call, so padding inside a batch would shift scores (see MODEL.md). Long texts
+        // still batch well: all their full windows have the same length.
+        let mut by_len: std::collections::BTreeMap<usize, Vec<usize>> = std::collections::BTreeMap::new();
+        for (i, (_, w)) in items.iter().enumerate() {
+            by_len.entry(w.len()).or_default().push(i);
+        }
         let mut best = vec![0f32; texts.len()];
-        for chunk in order.chunks(self.batch_size) {
+        for chunk in by_len.values().flat_map(|v| v.chunks(self.batch_size)) {
             let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| items[i].1.clone()).collect();
             let scores = self.run(&batch)?;
             for (&i, s) in chunk.iter().zip(scores) {
