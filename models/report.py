@@ -76,7 +76,10 @@ def write_model_card(out_dir, m):
       "Each window is [CLS] + body[start:start+W] + [SEP]. Text score = max over windows.")
     w("- Run windows one at a time (batch 1) or batch only equal-length windows: dynamic int8 quantises activations "
       "per call, so padding inside a batch shifts scores slightly.")
-    w(f"- Thresholds: flag if score >= {th['flag']:.6f}, block if score >= {th['block']:.6f}.\n")
+    w(f"- Thresholds: flag if score >= {th['flag']:.6f}, block if score >= {th['block']:.6f}.")
+    w("- pinned_scores.json was computed with onnxruntime 1.32.0 (Python) and tokenizers 0.23 on single windows "
+      "(truncation to max_length); a re-run here reproduces it to ~1e-6. Across ONNX Runtime versions/CPUs int8 "
+      "kernels may differ slightly: compare with an absolute tolerance of about 1e-3.\n")
     w("## Training data\n")
     w("All rows of `shared/data` (training side of the project's data; a separate held-out set is kept elsewhere). "
       "Per SOURCES.md. Split into train/dev by near-duplicate cluster (see below); some large sources were subsampled "
@@ -158,6 +161,12 @@ def write_model_card(out_dir, m):
             dva = "-" if not dv.get("n") else f"{dv['auc_vs_dev_benign']:.3f} / {bs.get('auc_vs_dev_benign', float('nan')):.3f}"
             w(f"| {r['held_out']} | {al['n']} | {pct(al['tpr_block'])} | {pct(al['tpr_1pct'])} | {pct(al['tpr_flag'])} | "
               f"{al['auc_vs_dev_benign']:.3f} | {dvr} | {dva} | {fp} |")
+        w("")
+        w("Reading it: the cheap config is much weaker than the shipped model (its calibrated block threshold lands "
+          "near 0.98-0.99, so TPR at block is near 0 even for the baseline), so compare LOSO with the baseline column, "
+          "not with the shipped model's table. The drop from baseline to LOSO (AUC and TPR at the 1% threshold on the "
+          "same dev rows) is the estimate of what an unseen attack family costs; expect the shipped model to lose "
+          "recall on unseen sources in the same direction.")
         w("")
     if m.get("layer_choice"):
         w("## Layer choice\n")

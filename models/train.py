@@ -656,7 +656,7 @@ def main():
     ap.add_argument("--loso-epochs", type=int, default=2)
     ap.add_argument("--loso-lr", type=float, default=1.5e-4)
     ap.add_argument("--loso-max-len", type=int, default=128)
-    ap.add_argument("--loso-train-rows", type=int, default=10000)
+    ap.add_argument("--loso-train-rows", type=int, default=8000)
     ap.add_argument("--skip-loso", action="store_true")
     ap.add_argument("--loso-only", action="store_true",
                     help="redo only the LOSO runs; merge into models/reports/<name>-metrics.json, re-render MODEL.md")
