@@ -16,7 +16,9 @@ impl Rng {
 
 #[test]
 fn ten_thousand_random_byte_strings_do_not_panic() {
-    let fw = Firewall::with_defaults().unwrap();
+    // Signature, redaction and watermark paths; the classifier gets its own random inputs below.
+    let p = Policy::from_json(r#"{"classifier": {"enabled": false}}"#).unwrap();
+    let fw = Firewall::builder().policy(p).build().unwrap();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     // Bytes biased towards interesting values: ASCII, UTF-8 lead bytes, zero-width and tag
     // characters, base64 and hex alphabets.
@@ -48,6 +50,18 @@ fn ten_thousand_random_byte_strings_do_not_panic() {
         assert!(out.findings.windows(2).all(|w| w[0].end <= w[1].start), "case {i}");
         let _ = fw.detect_watermark(&text);
         assert_eq!(fw.strip_watermark(&fw.watermark(&text, i)), fw.strip_watermark(&fw.watermark(&text, i)));
+    }
+}
+
+#[test]
+fn random_inputs_through_the_classifier_do_not_panic() {
+    let fw = Firewall::with_defaults().unwrap();
+    let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+    for i in 0..300 {
+        let len = (rng.next() % 2000) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| (rng.next() >> 24) as u8).collect();
+        let v = fw.scan_prompt(&String::from_utf8_lossy(&bytes));
+        assert!((0.0..=1.0).contains(&v.score), "case {i}");
     }
 }
 
