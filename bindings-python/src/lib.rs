@@ -277,19 +277,30 @@ impl Detection {
     }
 }
 
+/// A chunk of a stream: `str`, or `bytes` joined through a UTF-8 carry so that a character split
+/// across chunks is not an error.
+fn chunk_arg(obj: &Bound<'_, PyAny>, carry: &Mutex<vallum::Utf8Stream>) -> PyResult<String> {
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return carry.lock().unwrap_or_else(|p| p.into_inner()).feed(b.as_bytes()).map_err(map_err);
+    }
+    text_arg(obj)
+}
+
 /// Streaming redaction of one response (see the core's `StreamRedactor`).
 #[pyclass(module = "vallum")]
-struct StreamRedactor(Mutex<vallum::StreamRedactor>);
+struct StreamRedactor(Mutex<vallum::StreamRedactor>, Mutex<vallum::Utf8Stream>);
 
 #[pymethods]
 impl StreamRedactor {
     /// Adds a chunk; returns the redacted text that is safe to send now.
     fn push(&self, py: Python<'_>, chunk: &Bound<'_, PyAny>) -> PyResult<String> {
-        let c = text_arg(chunk)?;
+        let c = chunk_arg(chunk, &self.1)?;
         enter_core(py, || self.0.lock().unwrap_or_else(|p| p.into_inner()).push(&c))
     }
-    /// Ends the stream; returns the rest, redacted.
+    /// Ends the stream; returns the rest, redacted. Raises InputError if a `bytes` stream ended
+    /// inside a UTF-8 character.
     fn finish(&self, py: Python<'_>) -> PyResult<String> {
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).finish().map_err(map_err)?;
         enter_core(py, || self.0.lock().unwrap_or_else(|p| p.into_inner()).finish())
     }
     #[getter]
@@ -308,16 +319,17 @@ impl StreamRedactor {
 
 /// Streaming watermarking of one response.
 #[pyclass(module = "vallum")]
-struct StreamWatermarker(Mutex<vallum::StreamWatermarker>);
+struct StreamWatermarker(Mutex<vallum::StreamWatermarker>, Mutex<vallum::Utf8Stream>);
 
 #[pymethods]
 impl StreamWatermarker {
     fn push(&self, chunk: &Bound<'_, PyAny>) -> PyResult<String> {
-        let c = text_arg(chunk)?;
+        let c = chunk_arg(chunk, &self.1)?;
         Ok(self.0.lock().unwrap_or_else(|p| p.into_inner()).push(&c))
     }
-    fn finish(&self) -> String {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).finish()
+    fn finish(&self) -> PyResult<String> {
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).finish().map_err(map_err)?;
+        Ok(self.0.lock().unwrap_or_else(|p| p.into_inner()).finish())
     }
 }
 
@@ -377,10 +389,10 @@ impl Firewall {
         self.0.new_canary()
     }
     fn stream_redactor(&self) -> StreamRedactor {
-        StreamRedactor(Mutex::new(self.0.stream_redactor()))
+        StreamRedactor(Mutex::new(self.0.stream_redactor()), Mutex::default())
     }
     fn stream_watermarker(&self, payload: u64) -> StreamWatermarker {
-        StreamWatermarker(Mutex::new(self.0.stream_watermarker(payload)))
+        StreamWatermarker(Mutex::new(self.0.stream_watermarker(payload)), Mutex::default())
     }
     fn __repr__(&self) -> String {
         format!("Firewall(rules={}, classifier={})", self.0.rule_count(), self.0.has_classifier())

@@ -39,6 +39,6 @@ pub use firewall::{ClassifierVerdict, Firewall, FirewallBuilder, Match, Verdict}
 pub use normalize::{Flags, ViewKind};
 pub use classifier::Classifier;
 pub use policy::{Action, Policy};
-pub use redact::{Entity, Finding, OutputResult, Strategy, StreamRedactor, Vault};
+pub use redact::{Entity, Finding, OutputResult, Strategy, StreamRedactor, Utf8Stream, Vault};
 pub use signatures::{RuleDef, RulePack, Severity};
 pub use watermark::{Detection, StreamWatermarker};

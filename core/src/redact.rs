@@ -754,6 +754,54 @@ impl Vault {
     }
 }
 
+/// Joins a byte stream into UTF-8 text: a character split across chunks is held until its last
+/// byte arrives. Used by the bindings for streamed `bytes`/`Buffer` chunks.
+#[derive(Debug, Default, Clone)]
+pub struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    /// Adds bytes; returns the text completed so far. Errors (`input_invalid`) on bytes that can
+    /// never be UTF-8 (the incomplete tail of a character is not an error).
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<String> {
+        self.pending.extend_from_slice(bytes);
+        match std::str::from_utf8(&self.pending) {
+            Ok(s) => {
+                let out = s.to_string();
+                self.pending.clear();
+                Ok(out)
+            }
+            Err(e) if e.error_len().is_none() => {
+                let n = e.valid_up_to();
+                let out = String::from_utf8_lossy(&self.pending[..n]).into_owned();
+                self.pending.drain(..n);
+                Ok(out)
+            }
+            Err(e) => {
+                let at = e.valid_up_to();
+                self.pending.clear();
+                Err(Error::new(crate::ErrorCode::InputInvalid, format!("stream is not valid UTF-8 (at byte {at} of the chunk)")))
+            }
+        }
+    }
+
+    /// Bytes of an unfinished character held back.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Ends the stream: errors if a character is left unfinished.
+    pub fn finish(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            Ok(())
+        } else {
+            self.pending.clear();
+            Err(Error::new(crate::ErrorCode::InputInvalid, "stream ended inside a UTF-8 character"))
+        }
+    }
+}
+
 /// Incremental redaction of a streamed output.
 ///
 /// Feed chunks with [`StreamRedactor::push`]; each call returns the redacted text that is safe to
@@ -928,6 +976,21 @@ mod tests {
         let key = format!("sk-proj-{}", "Ab3De5Gh7Jk9Mn2Pq4St6Vw8Yz0".repeat(3));
         let t = format!("OPENAI_API_KEY={key}");
         assert_eq!(ents(&t), vec![(Entity::OpenaiKey, key)]);
+    }
+
+    #[test]
+    fn utf8_stream_joins_split_characters() {
+        let bytes = "é🙂x".as_bytes();
+        let mut u = Utf8Stream::default();
+        let mut out = String::new();
+        for b in bytes {
+            out.push_str(&u.feed(&[*b]).unwrap());
+        }
+        assert_eq!(out, "é🙂x");
+        assert!(u.finish().is_ok());
+        assert_eq!(u.feed(&[0xff]).unwrap_err().code(), crate::ErrorCode::InputInvalid);
+        assert!(u.feed(&[0xc3]).unwrap().is_empty());
+        assert!(u.finish().is_err());
     }
 
     #[test]
