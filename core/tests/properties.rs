@@ -13,6 +13,23 @@ fn fw() -> &'static Firewall {
     })
 }
 
+/// The output rebuilt from the input and the findings alone: the input's bytes outside the
+/// findings, each finding's replacement in its place. Checks the spans are ordered, inside the
+/// text and on char boundaries.
+fn rebuild(text: &str, findings: &[vallum::Finding]) -> Result<String, TestCaseError> {
+    let mut rebuilt = String::new();
+    let mut pos = 0;
+    for f in findings {
+        prop_assert!(f.start >= pos && f.start < f.end && f.end <= text.len());
+        prop_assert!(text.is_char_boundary(f.start) && text.is_char_boundary(f.end));
+        rebuilt.push_str(&text[pos..f.start]);
+        rebuilt.push_str(&f.replacement);
+        pos = f.end;
+    }
+    rebuilt.push_str(&text[pos..]);
+    Ok(rebuilt)
+}
+
 /// Text made of benign words, separators and planted sensitive values.
 fn mixed_text() -> impl Strategy<Value = String> {
     let piece = prop_oneof![
@@ -42,31 +59,13 @@ proptest! {
     fn redaction_preserves_everything_outside_findings(text in mixed_text()) {
         let r = fw().scan_output(&text);
         // Rebuild the output from the input and the findings: must equal the redacted text.
-        let mut rebuilt = String::new();
-        let mut pos = 0;
-        for f in &r.findings {
-            prop_assert!(f.start >= pos && f.start < f.end && f.end <= text.len());
-            prop_assert!(text.is_char_boundary(f.start) && text.is_char_boundary(f.end));
-            rebuilt.push_str(&text[pos..f.start]);
-            rebuilt.push_str(&f.replacement);
-            pos = f.end;
-        }
-        rebuilt.push_str(&text[pos..]);
-        prop_assert_eq!(rebuilt, r.text);
+        prop_assert_eq!(rebuild(&text, &r.findings)?, r.text);
     }
 
     #[test]
     fn redaction_of_arbitrary_unicode_preserves_text(text in "\\PC{0,200}") {
         let r = fw().scan_output(&text);
-        let mut pos = 0;
-        let mut rebuilt = String::new();
-        for f in &r.findings {
-            rebuilt.push_str(&text[pos..f.start]);
-            rebuilt.push_str(&f.replacement);
-            pos = f.end;
-        }
-        rebuilt.push_str(&text[pos..]);
-        prop_assert_eq!(rebuilt, r.text);
+        prop_assert_eq!(rebuild(&text, &r.findings)?, r.text);
     }
 
     #[test]
