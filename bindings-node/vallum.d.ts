@@ -5,7 +5,7 @@ export type { Verdict, OutputResult, Finding, Match, ClassifierVerdict } from '.
 
 /** Errors thrown by Vallum carry one of these stable codes (same as Python and Rust). */
 export type ErrorCode = 'policy_invalid' | 'rule_invalid' | 'key_invalid' | 'input_invalid' | 'io' | 'model_integrity' | 'runtime_missing' | 'model_signature' | 'classifier_failed' | 'internal'
-export interface VallumError extends Error { code: ErrorCode }
+export declare class VallumError extends Error { code: ErrorCode }
 export declare const ERROR_CODES: ErrorCode[]
 
 export type Text = string | Buffer

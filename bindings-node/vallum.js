@@ -13,10 +13,17 @@ const CODES = new Set([
   'runtime_missing', 'model_signature', 'classifier_failed', 'internal',
 ])
 
+/** Base class of errors raised by the engine; `code` is one of ERROR_CODES. */
+class VallumError extends Error {}
+
 function fixError (e) {
   if (e && typeof e.message === 'string') {
     const m = /^([a-z_]+): /.exec(e.message)
-    if (m && CODES.has(m[1])) e.code = m[1]
+    if (m && CODES.has(m[1])) {
+      e.code = m[1]
+      Object.setPrototypeOf(e, VallumError.prototype)
+      e.name = 'VallumError'
+    }
   }
   return e
 }
@@ -120,4 +127,4 @@ class Firewall {
   streamWatermarker (payload) { return new StreamWatermarker(guard(() => this._fw.streamWatermarker(payload))) }
 }
 
-module.exports = { Policy, Firewall, StreamRedactor, StreamWatermarker, bundledModelDir, onnxruntimeLibrary, ERROR_CODES: [...CODES] }
+module.exports = { VallumError, Policy, Firewall, StreamRedactor, StreamWatermarker, bundledModelDir, onnxruntimeLibrary, ERROR_CODES: [...CODES] }

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict'
 import { createRequire } from 'node:module'
 
 const require = createRequire(import.meta.url)
-const { Firewall, Policy } = require('../vallum.js')
+const { Firewall, Policy, VallumError } = require('../vallum.js')
 const fw = new Firewall(Policy.fromJson('{"key_hex": "00112233445566778899aabbccddeeff"}'))
 
 test('async and sync twins agree', async () => {
@@ -19,7 +19,7 @@ test('async and sync twins agree', async () => {
 })
 
 test('errors carry stable codes', async () => {
-  assert.throws(() => Policy.fromToml('[thresholds]\nblok = 1'), (e) => e.code === 'policy_invalid' && /thresholds/.test(e.message))
+  assert.throws(() => Policy.fromToml('[thresholds]\nblok = 1'), (e) => e instanceof VallumError && e instanceof Error && e.code === 'policy_invalid' && /thresholds/.test(e.message))
   assert.throws(() => new Firewall(undefined, Buffer.from('short')), (e) => e.code === 'key_invalid')
   assert.throws(() => fw.scanPromptSync(Buffer.from([0xff, 0xfe])), (e) => e.code === 'input_invalid')
   await assert.rejects(fw.scanOutput(Buffer.from([0xc3, 0x28])), (e) => e.code === 'input_invalid')

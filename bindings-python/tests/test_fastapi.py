@@ -658,3 +658,14 @@ def test_broken_hooks_do_not_break_requests(firewall, log_lines):
     hooks = {e["hook"] for e in evs if e["event"] == "hook_failed"}
     assert hooks == {"on_event", "caller_id"}
     assert INJECTION not in "\n".join(log_lines)
+
+
+def test_caller_ids_match_the_shared_vectors():
+    """Same caller id as the Express integration for the same header value and key."""
+    from conftest import load_vectors
+    from vallum.fastapi import caller_from_header
+
+    for c in load_vectors("callers.json")["cases"]:
+        key = c["key"].encode() if "key" in c else None
+        scope = {"type": "http", "headers": [(b"x-api-key", c["value"].encode())]}
+        assert caller_from_header("x-api-key", key=key)(scope) == int(c["caller_decimal"])

@@ -49,6 +49,7 @@ Events
 
 import codecs
 import hashlib
+import hmac
 import inspect
 import ipaddress
 import json
@@ -187,14 +188,17 @@ def _scope_of(obj: Any) -> dict:
 
 
 def _hash64(data: bytes, key: Optional[bytes]) -> int:
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8, key=key or b"").digest(), "big")
+    """First 8 bytes (big-endian) of SHA-256, or HMAC-SHA256 with ``key``: the same caller id as
+    the Node binding's ``callerFromHeader`` / ``callerFromIp`` for the same value and key."""
+    digest = hmac.new(key, data, hashlib.sha256).digest() if key else hashlib.sha256(data).digest()
+    return int.from_bytes(digest[:8], "big")
 
 
 def caller_from_header(name: str, *, key: Optional[bytes] = None) -> CallerId:
-    """Caller id = BLAKE2b-64 of the value of header ``name`` (e.g. an API-key header).
+    """Caller id = first 8 bytes of SHA-256 of the value of header ``name`` (e.g. an API-key header).
 
-    Returns ``None`` when the header is absent. Pass ``key`` (up to 64 bytes) for a keyed hash, so
-    that a payload read from a leaked text cannot be matched against guessed header values. The
+    Returns ``None`` when the header is absent. Pass ``key`` for a keyed hash, so
+    that a payload read from a leaked text cannot be matched against guessed header values (HMAC-SHA256). The
     function accepts an ASGI scope or a Starlette ``Request``.
     """
     wanted = name.lower().encode("latin-1")
@@ -209,7 +213,7 @@ def caller_from_header(name: str, *, key: Optional[bytes] = None) -> CallerId:
 
 
 def caller_from_client(*, key: Optional[bytes] = None) -> CallerId:
-    """Caller id = BLAKE2b-64 of the client address (host only, not the port).
+    """Caller id = first 8 bytes of SHA-256 of the client address (host only, not the port).
 
     Returns ``None`` when the server does not know the client. Behind a reverse proxy, run
     uvicorn with ``--proxy-headers --forwarded-allow-ips ...`` so the scope carries the real client.
