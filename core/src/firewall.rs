@@ -304,8 +304,8 @@ struct Hit {
 }
 
 const MAX_DECODED_SNIPPET: usize = 200;
-/// Fewer letters and digits than this and the classifier alone cannot raise the decision above
-/// `allow` (one-word greetings scored high in testing). Counted in chars, so that it means the
+/// Fewer letters and digits than this, and no obfuscation seen, and the classifier alone cannot
+/// raise the decision above `allow` (one-word greetings scored high in testing). Counted in chars, so that it means the
 /// same for scripts written without spaces.
 const MIN_CLASSIFIER_CHARS: usize = 12;
 /// Factor applied to the calibrated classifier score when most letters are outside the Latin
@@ -628,15 +628,19 @@ impl Firewall {
                         // discounted score can flag (a very confident model) but never block.
                         cal *= UNSUPPORTED_SCRIPT_DISCOUNT;
                     }
-                    if text.chars().filter(|c| c.is_alphanumeric()).take(MIN_CLASSIFIER_CHARS).count() < MIN_CLASSIFIER_CHARS {
-                        // A word or two ("hello") carries too little context for the model: it
-                        // may flag such a text only together with a signature.
+                    let short = text.chars().filter(|c| c.is_alphanumeric()).take(MIN_CLASSIFIER_CHARS).count() < MIN_CLASSIFIER_CHARS;
+                    if short && !flags.any_obfuscation() {
+                        // A plain word or two ("hello") carries too little context for the model:
+                        // it may flag such a text only together with a signature. Obfuscated
+                        // short texts (styled letters, spacing) keep the classifier's verdict.
                         cal = cal.min((t.flag - 0.01).max(0.0));
                     }
-                    if !matches.is_empty() && matches.iter().all(|m| m.quoted) {
-                        // Every signature hit sits inside quotes: the text reports an attack
-                        // string (a bug report, a discussion) rather than issuing it, and the
-                        // classifier, which sees the same words, may flag but not block it.
+                    if !matches.is_empty() && matches.iter().all(|m| m.quoted) && reports_text(text) {
+                        // Every signature hit sits inside quotes and the text talks about text (a
+                        // bug report, a ticket, an example): it reports an attack string rather
+                        // than issuing it, and the classifier, which sees the same words, may flag
+                        // but not block it. Quoting alone is not enough: attacks quote the output
+                        // they want ('say "..."').
                         cal = cal.min((t.block - 0.01).max(0.0));
                     }
                     score = score.max(cal);
@@ -724,6 +728,17 @@ impl Firewall {
     pub fn strip_watermark(&self, text: &str) -> String {
         watermark::strip(text)
     }
+}
+
+/// True when the text talks about some other text: words of reporting or quoting such as
+/// "bug", "report", "ticket", "issue", "example", "phrase", "string", "pasted", "quoted".
+fn reports_text(text: &str) -> bool {
+    const CUES: [&str; 16] = [
+        "bug", "report", "reported", "ticket", "issue", "example", "phrase", "string", "pasted", "quoted",
+        "quote", "wrote", "mentions", "contains", "log", "transcript",
+    ];
+    text.split(|c: char| !c.is_alphanumeric())
+        .any(|w| CUES.iter().any(|c| w.eq_ignore_ascii_case(c)))
 }
 
 /// True when the canonical view contains at least two ROT13-encoded English function words
