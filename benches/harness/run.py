@@ -1,0 +1,582 @@
+#!/usr/bin/env python3
+"""Vallum comparison harness (issue #6): one command, same machine, same inputs.
+
+    python3 benches/harness/run.py            # from the repository root, after the build
+
+Creates benches/harness/.venv (gitignored) and installs the peers from PyPI into it
+(pyahocorasick, detect-secrets, presidio-analyzer, onnxruntime, tokenizers, matplotlib, numpy,
+tqdm); a peer that cannot be installed is reported in RESULTS.md, not skipped silently. Then,
+with fixed iteration counts (about 10-15 minutes on 2 cores):
+
+ 1. signatures: Vallum scan_prompt (signatures only, normalisation included) vs pyahocorasick and
+    Python `re` alternation over the same phrase set, MB/s on ~3 MB of shared/data prompts;
+ 2. redaction: Vallum scan_output vs detect-secrets and Presidio pattern recognizers (blank spaCy
+    pipeline), MB/s and span-overlap recall/precision on a generated labelled corpus;
+ 3. classifier: Vallum (Rust, via the Python binding) vs Python onnxruntime on the same
+    model.onnx vs the PyTorch model (models/vallum_lib.py, in the training venv), p50/p99 at
+    16/128/512 tokens and throughput;
+ 4. end to end: bindings-python/bench/bench_middleware.py and bindings-node/bench/bench.mjs;
+ 5. detection quality: `vallum eval` (full engine and --signatures-only), per source, ROC plots.
+
+Writes benches/RESULTS.md, benches/plots/*.svg, benches/plots/roc/ and the raw numbers in
+benches/harness/.work/results.json. Generated corpora stay in benches/harness/.work/.
+
+Environment: VALLUM_PYTHON (interpreter with vallum + fastapi for bench_middleware.py, default
+/work/venv-py/bin/python), VALLUM_TORCH_PYTHON (default /work/venv-train/bin/python),
+VALLUM_TORCH_CHECKPOINT, VALLUM_DEV_ROWS (dev split rows JSON written by models/train.py),
+VALLUM_DATA (default /work/shared/data).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+VENV = HERE / ".venv"
+WORK = HERE / ".work"
+PLOTS = REPO / "benches/plots"
+CLI = REPO / "target/release/vallum"
+MODEL_DIR = REPO / "models/vallum-pi-minilm"
+PEERS = ["numpy", "tqdm", "matplotlib", "tokenizers", "onnxruntime", "pyahocorasick",
+         "detect-secrets", "presidio-analyzer"]
+
+
+# ============================================================== bootstrap
+
+def bootstrap(argv):
+    WORK.mkdir(exist_ok=True)
+    py = VENV / "bin/python"
+    if not py.exists():
+        print(f"[setup] creating {VENV}", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    status = {}
+    for p in PEERS:
+        mod = {"detect-secrets": "detect_secrets", "presidio-analyzer": "presidio_analyzer",
+               "pyahocorasick": "ahocorasick"}.get(p, p)
+        ok = subprocess.run([str(py), "-c", f"import {mod}"], capture_output=True).returncode == 0
+        if not ok:
+            print(f"[setup] pip install {p}", flush=True)
+            r = subprocess.run([str(py), "-m", "pip", "install", "-q", p], capture_output=True, text=True)
+            ok = r.returncode == 0
+            if not ok:
+                print(f"[setup] FAILED to install {p}:\n{r.stderr[-2000:]}", flush=True)
+        ver = subprocess.run([str(py), "-m", "pip", "show", p], capture_output=True, text=True).stdout
+        ver = next((line.split(":", 1)[1].strip() for line in ver.splitlines() if line.startswith("Version:")), None)
+        status[p] = {"installed": ok, "version": ver}
+        print(f"[setup] {p}: {'ok ' + str(ver) if ok else 'NOT INSTALLED'}", flush=True)
+    (WORK / "peers.json").write_text(json.dumps(status, indent=1))
+    os.execv(str(py), [str(py), str(Path(__file__).resolve()), "--inner", *argv])
+
+
+# ============================================================== helpers
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def pct(xs, q):
+    import numpy as np
+    return float(np.percentile(np.asarray(xs), q))
+
+
+def mbps(nbytes, secs):
+    return nbytes / secs / 1e6 if secs > 0 else float("nan")
+
+
+def bar(it, **kw):
+    try:
+        from tqdm import tqdm
+        return tqdm(it, mininterval=1.0, ncols=90, **kw)
+    except Exception:
+        return it
+
+
+def import_vallum():
+    sys.path.insert(0, str(REPO / "bindings-python/python"))
+    import vallum
+    return vallum
+
+
+def sig_policy_json(extra_phrases=None):
+    doc = {"classifier": {"enabled": False}}
+    if extra_phrases:
+        doc["rules"] = {"inline": [{"id": "BENCH-PHRASES", "category": "instruction_override",
+                                    "severity": "high", "description": "harness phrase set",
+                                    "phrases": extra_phrases}]}
+    return json.dumps(doc)
+
+
+def byte_to_char_spans(text, spans):
+    """Vallum reports byte offsets; the labels are character offsets."""
+    b = text.encode()
+    return [(len(b[:s].decode("utf-8", "replace")), len(b[:e].decode("utf-8", "replace"))) for s, e in spans]
+
+
+# ============================================================== 1. signatures
+
+def bench_signatures(R):
+    import re
+    import gen
+    vallum = import_vallum()
+    phrases = gen.injection_phrases()
+    corpus = gen.prose_corpus(3_000_000)
+    nbytes = sum(len(t.encode()) for t in corpus)
+    log(f"signatures: {len(phrases)} phrases, {len(corpus)} records, {nbytes / 1e6:.2f} MB")
+    res = {"phrases": len(phrases), "records": len(corpus), "bytes": nbytes, "tools": {}}
+
+    def run(name, fn, passes):
+        best, hits = float("inf"), None
+        for p in range(passes):
+            t = time.perf_counter()
+            h = 0
+            for x in bar(corpus, desc=f"{name} pass {p + 1}/{passes}", leave=False):
+                h += fn(x)
+            best = min(best, time.perf_counter() - t)
+            hits = h
+        res["tools"][name] = {"seconds": best, "mb_s": mbps(nbytes, best), "records_hit": hits, "passes": passes}
+        log(f"  {name}: {mbps(nbytes, best):.2f} MB/s, {hits} records hit")
+
+    fw = vallum.Firewall(vallum.Policy.from_json(sig_policy_json()))
+    eng_us = []
+
+    def v_default(x):
+        v = fw.scan_prompt(x)
+        eng_us.append(v.elapsed_us)
+        return 1 if v.matches else 0
+    run("Vallum scan_prompt (default rules)", v_default, 2)
+    eng_s = sum(eng_us[len(corpus):]) / 1e6
+    res["vallum_engine_only_mb_s"] = mbps(nbytes, eng_s)
+    log(f"  Vallum engine time only (verdict.elapsed_us, 2nd pass): {mbps(nbytes, eng_s):.2f} MB/s")
+    # the release CLI over the same records (JSONL parse + verdict JSON output included)
+    if CLI.exists():
+        (WORK / "prose.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus))
+        (WORK / "sig-policy.json").write_text(sig_policy_json())
+        t = time.perf_counter()
+        r = subprocess.run([str(CLI), "scan", "--policy", str(WORK / "sig-policy.json"), str(WORK / "prose.jsonl")],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        secs = time.perf_counter() - t
+        if r.returncode in (0, 1, 2):
+            res["tools"]["vallum scan CLI (default rules, JSON in/out)"] = {"seconds": secs, "mb_s": mbps(nbytes, secs), "records_hit": None, "passes": 1}
+            log(f"  vallum scan CLI: {mbps(nbytes, secs):.2f} MB/s (rc {r.returncode})")
+        else:
+            res["cli_error"] = r.stderr[-800:]
+    fw2 = vallum.Firewall(vallum.Policy.from_json(sig_policy_json(phrases)))
+    run("Vallum scan_prompt (default rules + harness phrases)", lambda x: 1 if fw2.scan_prompt(x).matches else 0, 2)
+    try:
+        import ahocorasick
+        A = ahocorasick.Automaton()
+        for i, p in enumerate(phrases):
+            A.add_word(p, i)
+        A.make_automaton()
+        run("pyahocorasick (lower() + iter)", lambda x: 1 if any(True for _ in A.iter(x.lower())) else 0, 3)
+        run("pyahocorasick (iter, no case folding)", lambda x: 1 if any(True for _ in A.iter(x)) else 0, 3)
+    except ImportError as e:
+        res["tools"]["pyahocorasick"] = {"error": f"not installed: {e}"}
+    rx = re.compile("|".join(re.escape(p) for p in sorted(phrases, key=len, reverse=True)), re.I)
+    run("Python re alternation (IGNORECASE)", lambda x: 1 if rx.search(x) else 0, 1)
+    R["signatures"] = res
+
+
+# ============================================================== 2. redaction
+
+def overlap_metrics(records, preds):
+    """Entity-agnostic span overlap. preds: per record list of (start, end) char spans."""
+    from collections import Counter
+    tp_p = n_p = 0
+    found, total = Counter(), Counter()
+    for rec, ps in zip(records, preds):
+        merged = []
+        for s, e in sorted(ps):
+            if merged and s < merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], e)
+            else:
+                merged.append([s, e])
+        gold = rec["spans"]
+        for s, e in merged:
+            n_p += 1
+            if any(s < ge and gs < e for gs, ge, _ in gold):
+                tp_p += 1
+        for gs, ge, k in gold:
+            total[k] += 1
+            if any(s < ge and gs < e for s, e in merged):
+                found[k] += 1
+    import gen
+    g_all = sum(total.values())
+    sec = sum(total[k] for k in gen.SECRET_KINDS)
+    pii = sum(total[k] for k in gen.PII_KINDS)
+    return {
+        "recall": sum(found.values()) / g_all if g_all else None,
+        "precision": tp_p / n_p if n_p else None,
+        "predicted_spans": n_p, "false_positive_spans": n_p - tp_p,
+        "recall_secrets": sum(found[k] for k in gen.SECRET_KINDS) / sec if sec else None,
+        "recall_pii": sum(found[k] for k in gen.PII_KINDS) / pii if pii else None,
+        "recall_by_kind": {k: found[k] / total[k] for k in sorted(total)},
+    }
+
+
+def bench_redaction(R):
+    import gen
+    vallum = import_vallum()
+    records = gen.redaction_corpus(4000)
+    (WORK / "redaction_corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    nbytes = sum(len(r["text"].encode()) for r in records)
+    log(f"redaction: {len(records)} records, {nbytes / 1e6:.2f} MB, {sum(len(r['spans']) for r in records)} planted spans")
+    res = {"records": len(records), "bytes": nbytes, "planted": sum(len(r["spans"]) for r in records), "tools": {}}
+
+    def timed(name, fn, passes=1):
+        best, preds = float("inf"), None
+        for p in range(passes):
+            t = time.perf_counter()
+            out = [fn(r["text"]) for r in bar(records, desc=f"{name} {p + 1}/{passes}", leave=False)]
+            best = min(best, time.perf_counter() - t)
+            preds = out
+        m = overlap_metrics(records, preds)
+        res["tools"][name] = {"seconds": best, "mb_s": mbps(nbytes, best), **m}
+        log(f"  {name}: {mbps(nbytes, best):.3f} MB/s recall {m['recall']:.3f} precision {m['precision'] or 0:.3f}")
+
+    fw = vallum.Firewall(vallum.Policy.from_json('{"classifier": {"enabled": false}}'))
+
+    def v_scan(text):
+        o = fw.scan_output(text)
+        return byte_to_char_spans(text, [(f.start, f.end) for f in o.findings])
+    timed("Vallum scan_output", v_scan, passes=3)
+
+    # detect-secrets: its own file scan (all default plugins and filters), one record per line.
+    try:
+        from detect_secrets.core import scan as ds_scan
+        from detect_secrets.settings import default_settings
+        path = WORK / "redaction_corpus.txt"
+        path.write_text("".join(r["text"] + "\n" for r in records))
+        t = time.perf_counter()
+        with default_settings():
+            found = list(ds_scan.scan_file(str(path)))
+        secs = time.perf_counter() - t
+        preds = [[] for _ in records]
+        for s in found:
+            line = records[s.line_number - 1]["text"]
+            v = s.secret_value or ""
+            i = line.find(v) if v else -1
+            while v and i >= 0:
+                preds[s.line_number - 1].append((i, i + len(v)))
+                i = line.find(v, i + 1)
+        m = overlap_metrics(records, preds)
+        res["tools"]["detect-secrets (scan_file, default plugins)"] = {"seconds": secs, "mb_s": mbps(nbytes, secs), **m}
+        log(f"  detect-secrets: {mbps(nbytes, secs):.3f} MB/s recall {m['recall']:.3f}")
+    except Exception as e:  # noqa: BLE001
+        res["tools"]["detect-secrets"] = {"error": repr(e)}
+        log(f"  detect-secrets FAILED: {e!r}")
+
+    # Presidio: AnalyzerEngine with a blank spaCy pipeline and the predefined pattern recognizers.
+    try:
+        import tldextract
+        tldextract.extract = tldextract.TLDExtract(suffix_list_urls=())  # no network fetch of the PSL
+        import spacy
+        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+        from presidio_analyzer.nlp_engine import SpacyNlpEngine
+
+        class BlankSpacyEngine(SpacyNlpEngine):
+            def __init__(self):
+                super().__init__(models=[{"lang_code": "en", "model_name": "blank"}])
+
+            def load(self):
+                self.nlp = {"en": spacy.blank("en")}
+
+        eng = BlankSpacyEngine()
+        eng.load()
+        reg = RecognizerRegistry()
+        reg.load_predefined_recognizers(nlp_engine=eng, languages=["en"])
+        reg.remove_recognizer("SpacyRecognizer")
+        an = AnalyzerEngine(nlp_engine=eng, registry=reg, supported_languages=["en"])
+        res["presidio_recognizers"] = [r.name for r in reg.recognizers]
+        ents = ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS"]
+        timed("Presidio patterns (all predefined)", lambda x: [(r.start, r.end) for r in an.analyze(x, language="en")])
+        timed("Presidio patterns (6 matching entities)",
+              lambda x: [(r.start, r.end) for r in an.analyze(x, language="en", entities=ents)])
+    except Exception as e:  # noqa: BLE001
+        res["tools"]["Presidio"] = {"error": repr(e)}
+        log(f"  presidio FAILED: {e!r}")
+    R["redaction"] = res
+
+
+# ============================================================== 3. classifier
+
+def windows(ids, max_length, stride, max_windows):
+    cls, sep, body, w = ids[0], ids[-1], ids[1:-1], max_length - 2
+    if len(body) <= w:
+        return [list(ids)]
+    starts, s = [], 0
+    while s + w < len(body):
+        starts.append(s)
+        s += stride
+    starts.append(len(body) - w)
+    if len(starts) > max_windows:
+        starts = starts[: max_windows - 1] + [starts[-1]]
+    return [[cls] + list(body[s:s + w]) + [sep] for s in starts]
+
+
+def bench_classifier(R, sizes, iters):
+    import numpy as np
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+    import gen
+    vallum = import_vallum()
+    cfg = json.loads((MODEL_DIR / "config.json").read_text())
+    tok = Tokenizer.from_file(str(MODEL_DIR / "tokenizer.json"))
+    tok.no_padding()
+    tok.no_truncation()
+
+    # benign prose of exactly N tokens ([CLS] + N-2 + [SEP])
+    prose = " ".join(t for t in gen.prose_corpus(400_000)[::3] if "ignore" not in t.lower())
+    enc = tok.encode(prose)
+    texts = {}
+    for n in sizes:
+        end = enc.offsets[n - 2][1]
+        texts[n] = prose[:end]
+        assert abs(len(tok.encode(texts[n]).ids) - n) <= 2, (n, len(tok.encode(texts[n]).ids))
+    thr_texts = [t for t in gen.prose_corpus(600_000) if 40 < len(t) < 3000][:300]
+    thr_bytes = sum(len(t.encode()) for t in thr_texts)
+    res = {"sizes": sizes, "iters": iters, "tools": {}, "throughput_texts": len(thr_texts), "throughput_bytes": thr_bytes,
+           "actual_tokens": {n: len(tok.encode(texts[n]).ids) for n in sizes}}
+
+    def lat_run(name, fn):
+        d = {"latency": {}}
+        for n in sizes:
+            for _ in range(10):
+                fn(texts[n])
+            lat = []
+            for _ in bar(range(iters[n]), desc=f"{name} {n} tok", leave=False):
+                t = time.perf_counter()
+                fn(texts[n])
+                lat.append(time.perf_counter() - t)
+            d["latency"][n] = {"p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3, "mean_ms": float(np.mean(lat)) * 1e3}
+            log(f"  {name} {n} tok: p50 {d['latency'][n]['p50_ms']:.2f} ms p99 {d['latency'][n]['p99_ms']:.2f} ms")
+        t = time.perf_counter()
+        scores = [fn(x) for x in bar(thr_texts, desc=f"{name} throughput", leave=False)]
+        secs = time.perf_counter() - t
+        d.update({"throughput_texts_s": len(thr_texts) / secs, "throughput_mb_s": mbps(thr_bytes, secs)})
+        log(f"  {name} throughput: {len(thr_texts) / secs:.1f} texts/s")
+        res["tools"][name] = d
+        return scores
+
+    fw = vallum.Firewall()
+    if not fw.has_classifier:
+        res["vallum_error"] = "vallum.Firewall() has no classifier (model or ONNX Runtime not found)"
+        log("  " + res["vallum_error"])
+    else:
+        def v_score(x):
+            c = fw.scan_prompt(x).classifier or {}
+            return c.get("raw_score", c.get("score"))
+        probe = fw.scan_prompt(texts[sizes[0]])
+        res["vallum_classifier_fields"] = probe.classifier
+        v_scores = lat_run("Vallum scan_prompt (Rust: normalise + signatures + classifier)", v_score)
+        # engine-only time of the same calls (no Python binding overhead)
+        eng = {}
+        for n in sizes:
+            us = [fw.scan_prompt(texts[n]).elapsed_us for _ in range(min(50, iters[n]))]
+            eng[n] = pct(us, 50) / 1e3
+        res["vallum_engine_p50_ms"] = eng
+    fw_sig = vallum.Firewall(vallum.Policy.from_json(sig_policy_json()))
+    lat_run("Vallum scan_prompt, signatures only (for reference)", lambda x: fw_sig.scan_prompt(x).score)
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    sess = ort.InferenceSession(str(MODEL_DIR / "model.onnx"), so, providers=["CPUExecutionProvider"])
+
+    def ort_score(x):
+        ws = windows(tok.encode(x).ids, cfg["max_length"], cfg["window_stride"], cfg["max_windows"])
+        by_len = {}
+        for w in ws:
+            by_len.setdefault(len(w), []).append(w)
+        best = 0.0
+        for group in by_len.values():
+            ids = np.asarray(group, dtype=np.int64)
+            out = sess.run(["score"], {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})[0]
+            best = max(best, float(out.max()))
+        return best
+    o_scores = lat_run("Python onnxruntime (tokenizers + same model.onnx)", ort_score)
+    res["onnxruntime_version"] = ort.__version__
+    if fw.has_classifier:
+        diffs = [abs(a - b) for a, b in zip(v_scores, o_scores) if a is not None]
+        res["vallum_vs_ort_max_abs_score_diff"] = max(diffs) if diffs else None
+
+    # PyTorch (training venv)
+    tpy = os.environ.get("VALLUM_TORCH_PYTHON", "/work/venv-train/bin/python")
+    if not Path(tpy).exists():
+        res["torch_error"] = f"no torch interpreter at {tpy} (set VALLUM_TORCH_PYTHON)"
+    else:
+        job = {"latency": {str(n): {"text": texts[n], "iters": iters[n], "warmup": 10} for n in sizes}, "throughput": thr_texts}
+        (WORK / "torch_job.json").write_text(json.dumps(job))
+        log("  PyTorch worker (training venv)...")
+        r = subprocess.run([tpy, str(HERE / "torch_worker.py"), str(WORK / "torch_job.json"), str(WORK / "torch_out.json")],
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
+        if r.returncode != 0:
+            res["torch_error"] = f"torch worker exited {r.returncode}"
+        else:
+            t = json.loads((WORK / "torch_out.json").read_text())
+            d = {"latency": {}, "weights": t["weights"], "torch": t["torch"], "threads": t["threads"]}
+            for n in sizes:
+                lat = t["latency"][str(n)]
+                d["latency"][n] = {"p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3, "mean_ms": float(np.mean(lat)) * 1e3}
+            d["throughput_texts_s"] = len(thr_texts) / t["throughput_s"]
+            d["throughput_mb_s"] = mbps(thr_bytes, t["throughput_s"])
+            res["tools"]["PyTorch fp32 (models/vallum_lib.py)"] = d
+            res["torch_vs_ort_max_abs_score_diff"] = max(abs(a - b) for a, b in zip(t["scores"], o_scores))
+            log(f"  PyTorch throughput {d['throughput_texts_s']:.1f} texts/s ({t['weights']})")
+    R["classifier"] = res
+
+
+# ============================================================== 4. end to end
+
+def bench_e2e(R, requests):
+    res = {}
+    py = os.environ.get("VALLUM_PYTHON", "/work/venv-py/bin/python")
+    script = REPO / "bindings-python/bench/bench_middleware.py"
+    if script.exists():
+        log(f"e2e: FastAPI ({script.relative_to(REPO)}, --requests {requests})")
+        try:
+            r = subprocess.run([py, str(script), "--requests", str(requests)], cwd=REPO, capture_output=True, text=True, timeout=420)
+            res["fastapi"] = {"rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr[-1500:]}
+        except Exception as e:  # noqa: BLE001
+            res["fastapi"] = {"rc": -1, "stdout": "", "stderr": repr(e)}
+    else:
+        res["fastapi"] = {"rc": None, "stdout": "", "stderr": "bindings-python/bench/bench_middleware.py not found"}
+    script = REPO / "bindings-node/bench/bench.mjs"
+    if script.exists():
+        log(f"e2e: Express (node bench/bench.mjs --requests {requests})")
+        try:
+            r = subprocess.run(["node", "bench/bench.mjs", "--requests", str(requests)], cwd=REPO / "bindings-node",
+                               capture_output=True, text=True, timeout=420)
+            res["express"] = {"rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr[-1500:]}
+        except Exception as e:  # noqa: BLE001
+            res["express"] = {"rc": -1, "stdout": "", "stderr": repr(e)}
+    else:
+        res["express"] = {"rc": None, "stdout": "", "stderr": "bindings-node/bench/bench.mjs not found"}
+    R["e2e"] = res
+
+
+# ============================================================== 5. detection quality
+
+def bench_eval(R):
+    data = Path(os.environ.get("VALLUM_DATA", "/work/shared/data"))
+    files = [str(p) for p in sorted(data.glob("*/*.jsonl"))]
+    res = {"files": len(files)}
+    if not CLI.exists():
+        R["eval"] = {"error": f"{CLI} not found (build with cargo build --release first)"}
+        return
+
+    def ev(tag, args, paths):
+        log(f"eval: {tag}")
+        t = time.perf_counter()
+        r = subprocess.run([str(CLI), "eval", "--json", *args, *paths], capture_output=True, text=True, timeout=900)
+        secs = time.perf_counter() - t
+        if r.returncode != 0:
+            res[tag] = {"error": r.stderr[-1500:]}
+            return
+        res[tag] = json.loads(r.stdout)
+        res[tag]["wall_s"] = secs
+        log(f"  {tag}: AUC {res[tag].get('auc')} TPR {res[tag].get('tpr')} FPR {res[tag].get('fpr')} ({secs:.0f} s)")
+
+    dev_rows = Path(os.environ.get("VALLUM_DEV_ROWS", "/tmp/vallum-train-work/vallum-pi-minilm.dev_rows.json"))
+    if dev_rows.exists():
+        rows = json.loads(dev_rows.read_text())
+        dev = WORK / "dev.jsonl"
+        dev.write_text("".join(json.dumps({"text": r["text"], "label": int(r["label"]), "source": r.get("source", "?")}) + "\n" for r in rows))
+        ev("dev_full", ["--plots", str(PLOTS / "roc")], [str(dev)])
+        ev("dev_signatures", ["--signatures-only", "--plots", str(PLOTS / "roc-signatures")], [str(dev)])
+        res["dev_rows"] = len(rows)
+    else:
+        res["dev_note"] = f"dev split rows not found at {dev_rows} (set VALLUM_DEV_ROWS); all-data numbers only"
+    ev("all_full", [] if dev_rows.exists() else ["--plots", str(PLOTS / "roc")], files)
+    ev("all_signatures", ["--signatures-only"], files)
+    R["eval"] = res
+
+
+# ============================================================== report
+
+def machine():
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        kb = int(next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1])
+        mem = f"{kb / 1024 / 1024:.1f} GiB"
+    except Exception:  # noqa: BLE001
+        pass
+    load = os.getloadavg()
+    return {"nproc": os.cpu_count(), "cpu": cpu, "mem": mem, "kernel": platform.release(),
+            "python": platform.python_version(), "loadavg_start": load}
+
+
+def main_inner(args):
+    sys.path.insert(0, str(HERE))
+    WORK.mkdir(exist_ok=True)
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    R = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+         "peers": json.loads((WORK / "peers.json").read_text()) if (WORK / "peers.json").exists() else {},
+         "errors": {}}
+    if args.only and (WORK / "results.json").exists():  # update one step of an earlier full run
+        prev = json.loads((WORK / "results.json").read_text())
+        prev.update({k: R[k] for k in ("peers",)})
+        prev.setdefault("errors", {})
+        for k in args.only:
+            prev["errors"].pop(k, None)
+        R = prev
+    T0 = time.time()
+    sizes = [16, 128, 512]
+    iters = {16: 300, 128: 200, 512: 100}
+    steps = [("signatures", lambda: bench_signatures(R)), ("redaction", lambda: bench_redaction(R)),
+             ("classifier", lambda: bench_classifier(R, sizes, iters)), ("e2e", lambda: bench_e2e(R, args.requests)),
+             ("eval", lambda: bench_eval(R))]
+    for i, (name, fn) in enumerate(steps, 1):
+        if args.only and name not in args.only:
+            continue
+        log(f"==== [{i}/{len(steps)}] {name}")
+        t = time.time()
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            import traceback
+            R["errors"][name] = traceback.format_exc()
+            log(f"{name} FAILED: {e!r}")
+        R.setdefault("timings_s", {})[name] = time.time() - t
+        (WORK / "results.json").write_text(json.dumps(R, indent=1, default=str))
+    R["machine"]["loadavg_end"] = os.getloadavg()
+    if not args.only:
+        R["total_s"] = time.time() - T0
+    (WORK / "results.json").write_text(json.dumps(R, indent=1, default=str))
+    import report
+    report.write(R, REPO, PLOTS)
+    log(f"done in {R['total_s'] / 60:.1f} min: benches/RESULTS.md, benches/plots/")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--only", nargs="*", help="run only these steps (signatures redaction classifier e2e eval)")
+    ap.add_argument("--requests", type=int, default=300, help="requests per configuration in the e2e benches")
+    ap.add_argument("--report-only", action="store_true", help="re-render RESULTS.md from .work/results.json")
+    a = ap.parse_args()
+    if not a.inner:
+        bootstrap(sys.argv[1:])
+    elif a.report_only:
+        sys.path.insert(0, str(HERE))
+        import report
+        report.write(json.loads((WORK / "results.json").read_text()), REPO, PLOTS)
+    else:
+        main_inner(a)
