@@ -9,8 +9,14 @@ use vallum_benches::{output_corpus, prompt_corpus, PLANTED};
 
 const SIZES: [(&str, usize); 2] = [("1KB", 1 << 10), ("1MB", 1 << 20)];
 
+/// The signature path alone: the classifier has its own benchmarks (classifier.rs, latency.rs).
+fn signatures_only() -> Firewall {
+    let p = vallum::Policy::from_json(r#"{"classifier": {"enabled": false}}"#).unwrap();
+    Firewall::builder().policy(p).build().unwrap()
+}
+
 fn signatures(c: &mut Criterion) {
-    let fw = Firewall::with_defaults().unwrap();
+    let fw = signatures_only();
     let mut g = c.benchmark_group("prompt_scan");
     for (name, size) in SIZES {
         let attacks = if size < 4096 { 1 } else { 16 };
@@ -31,7 +37,7 @@ fn signatures(c: &mut Criterion) {
 }
 
 fn redaction(c: &mut Criterion) {
-    let fw = Firewall::with_defaults().unwrap();
+    let fw = signatures_only();
     let mut g = c.benchmark_group("output_redaction");
     for (name, size) in SIZES {
         let blocks = if size < 4096 { 1 } else { 32 };
