@@ -142,20 +142,8 @@ FILLER = [
 ]
 
 
-def luhn_complete(prefix: str, length: int, rnd) -> str:
-    body = prefix + "".join(rnd.choice(string.digits) for _ in range(length - len(prefix) - 1))
-    total = 0
-    for i, ch in enumerate(reversed(body)):
-        d = int(ch)
-        if i % 2 == 0:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return body + str((10 - total % 10) % 10)
-
-
-def luhn_ok(num: str) -> bool:
+def luhn_sum(num: str) -> int:
+    """Luhn sum (ISO/IEC 7812-1): every second digit from the right doubled, digits summed."""
     s = 0
     for i, ch in enumerate(reversed(num)):
         d = int(ch)
@@ -164,7 +152,16 @@ def luhn_ok(num: str) -> bool:
             if d > 9:
                 d -= 9
         s += d
-    return s % 10 == 0
+    return s
+
+
+def luhn_complete(prefix: str, length: int, rnd) -> str:
+    body = prefix + "".join(rnd.choice(string.digits) for _ in range(length - len(prefix) - 1))
+    return body + str((10 - luhn_sum(body + "0") % 10) % 10)
+
+
+def luhn_ok(num: str) -> bool:
+    return luhn_sum(num) % 10 == 0
 
 
 def iban(country: str, bban: str) -> str:
