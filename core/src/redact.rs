@@ -193,6 +193,117 @@ struct Detector {
     /// Capture group holding the value (0 = whole match).
     group: usize,
     check: Check,
+    gate: Gate,
+}
+
+/// A cheap necessary condition checked before a detector's regex runs, so that a text is not
+/// scanned once per detector when it cannot hold a match. Each gate is exact: it never hides a
+/// match the regex alone would find (`gated_equals_ungated` below checks this on random text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// No gate (the regex starts with a literal, which its own prefilter finds quickly).
+    None,
+    /// Every match consists only of digits and ` .-()+`: run the regex on each maximal run of
+    /// those characters (see [`digit_runs`]) that holds at least this many digits, not on the
+    /// whole text. The count is the fewest digits a match needs to pass its check (card 13,
+    /// SSN 9, phone 7, IPv4 4).
+    DigitRuns(usize),
+    /// A match holds one of the assignment keywords (see [`keyword_gate`]).
+    Keywords,
+    /// A match holds two `:` separated by at most four hex digits.
+    HexColons,
+    /// A match starts with two ASCII capitals followed by a digit.
+    CapsDigit,
+}
+
+/// Maximal runs (byte ranges) of digits (`char::is_numeric`: Nd, Nl, No, a superset of the
+/// regexes' `\d`) and ` .-()+` that contain at least one digit, as (start, end, digits).
+/// Every match of a
+/// [`Gate::DigitRuns`] regex lies inside one of them.
+/// Per ASCII byte: 2 = digit, 1 = run separator (` .-()+`), 0 = ends a run.
+const ASCII_RUN_CLASS: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let mut c = b'0';
+    while c <= b'9' {
+        t[c as usize] = 2;
+        c += 1;
+    }
+    t[b' ' as usize] = 1;
+    t[b'.' as usize] = 1;
+    t[b'-' as usize] = 1;
+    t[b'(' as usize] = 1;
+    t[b')' as usize] = 1;
+    t[b'+' as usize] = 1;
+    t
+};
+
+fn digit_runs(text: &str) -> Vec<(usize, usize, usize)> {
+    let b = text.as_bytes();
+    let mut runs = Vec::new();
+    let mut start = None;
+    let mut digits = 0;
+    let mut i = 0;
+    while i < b.len() {
+        // ASCII bytes are classified directly; other characters are decoded.
+        let (len, in_run, digit) = if b[i] < 0x80 {
+            let class = ASCII_RUN_CLASS[b[i] as usize];
+            (1, class != 0, class == 2)
+        } else {
+            let c = text[i..].chars().next().unwrap_or('\u{FFFD}');
+            (c.len_utf8(), c.is_numeric(), c.is_numeric())
+        };
+        if in_run {
+            if start.is_none() {
+                start = Some(i);
+                digits = 0;
+            }
+            digits += usize::from(digit);
+        } else if let Some(s) = start.take() {
+            if digits > 0 {
+                runs.push((s, i, digits));
+            }
+        }
+        i += len;
+    }
+    if let Some(s) = start.filter(|_| digits > 0) {
+        runs.push((s, text.len(), digits));
+    }
+    runs
+}
+
+/// Literals one of which every secret-assignment key contains (ASCII case-insensitive), plus
+/// the two non-ASCII characters that Unicode simple case folding equates with ASCII letters
+/// (U+017F LONG S ~ `s`, U+212A KELVIN SIGN ~ `k`), which the regex's `(?i)` also accepts.
+fn keyword_gate() -> &'static AhoCorasick {
+    static G: OnceLock<AhoCorasick> = OnceLock::new();
+    G.get_or_init(|| {
+        AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .build(["pass", "pwd", "secret", "key", "token", "bearer", "credential", "conn", "\u{17F}", "\u{212A}"])
+            .unwrap_or_else(|_| AhoCorasick::new(["\u{0}"]).expect("one literal"))
+    })
+}
+
+fn hex_colons(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut from = 0;
+    while let Some(i) = b[from..].iter().position(|&x| x == b':').map(|i| from + i) {
+        let mut j = i + 1;
+        while j < b.len() && j - i <= 5 && b[j].is_ascii_hexdigit() {
+            j += 1;
+        }
+        if j < b.len() && b[j] == b':' && j - i <= 5 {
+            return true;
+        }
+        from = i + 1;
+    }
+    false
+}
+
+fn caps_digit(text: &str) -> bool {
+    text.as_bytes()
+        .windows(3)
+        .any(|w| w[0].is_ascii_uppercase() && w[1].is_ascii_uppercase() && (w[2].is_ascii_digit() || w[2] >= 0x80))
 }
 
 fn re(p: &str) -> Regex {
@@ -330,7 +441,8 @@ fn find_emails(t: &str, out: &mut Vec<(usize, usize)>) {
 fn detectors() -> &'static [Detector] {
     static D: OnceLock<Vec<Detector>> = OnceLock::new();
     D.get_or_init(|| {
-        let d = |entity, p: &str, group, check: Check| Detector { entity, re: re(p), group, check };
+        let d = |entity, p: &str, group, check: Check| Detector { entity, re: re(p), group, check, gate: Gate::None };
+        let g = |gate: Gate, d: Detector| Detector { gate, ..d };
         vec![
             d(
                 Entity::PrivateKey,
@@ -350,23 +462,23 @@ fn detectors() -> &'static [Detector] {
             d(Entity::StripeKey, r"(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,247}|whsec_[A-Za-z0-9]{24,64}", 0, check_token),
             d(Entity::GoogleApiKey, r"AIza[0-9A-Za-z_\-]{35}", 0, check_token),
             d(Entity::Jwt, r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}", 0, check_jwt),
-            d(
+            g(Gate::Keywords, d(
                 Entity::SecretAssignment,
                 r#"(?i)([A-Za-z0-9_.\-]{0,40}(?:password|passwd|passphrase|pwd|secret|api[_\-]?key|apikey|access[_\-]?key|private[_\-]?key|auth[_\-]?token|access[_\-]?token|refresh[_\-]?token|bearer|token|credentials?|client[_\-]?secret|conn(?:ection)?[_\-]?string)[A-Za-z0-9_]{0,40})["']?[ \t]{0,8}(?::=|=>|=|:)[ \t]{0,8}["'`]?([^\s"'`,;<>(){}\[\]]{6,256})"#,
                 2,
                 check_any,
-            ),
-            d(Entity::PaymentCard, r"\d(?:[ \-]?\d){12,18}", 0, check_card),
-            d(Entity::Iban, r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?", 0, check_iban),
-            d(Entity::UsSsn, r"\d{3}-\d{2}-\d{4}", 0, check_ssn),
-            d(
+            )),
+            g(Gate::DigitRuns(13), d(Entity::PaymentCard, r"\d(?:[ \-]?\d){12,18}", 0, check_card)),
+            g(Gate::CapsDigit, d(Entity::Iban, r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?", 0, check_iban)),
+            g(Gate::DigitRuns(9), d(Entity::UsSsn, r"\d{3}-\d{2}-\d{4}", 0, check_ssn)),
+            g(Gate::DigitRuns(7), d(
                 Entity::Phone,
                 r"\+\d{1,3}(?:[ .\-]?\(?\d{1,4}\)?){2,5}|\(\d{3}\) ?\d{3}[ .\-]\d{4}|\d{3}([.\- ])\d{3}[.\- ]\d{4}|\d{3}-\d{4}",
                 0,
                 check_phone,
-            ),
-            d(Entity::Ipv4, r"(?:\d{1,3}\.){3}\d{1,3}", 0, check_ipv4),
-            d(Entity::Ipv6, r"(?i)(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}(?:(?:\d{1,3}\.){3}\d{1,3})?", 0, check_ipv6),
+            )),
+            g(Gate::DigitRuns(4), d(Entity::Ipv4, r"(?:\d{1,3}\.){3}\d{1,3}", 0, check_ipv4)),
+            g(Gate::HexColons, d(Entity::Ipv6, r"(?i)(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}(?:(?:\d{1,3}\.){3}\d{1,3})?", 0, check_ipv6)),
         ]
     })
 }
@@ -516,14 +628,39 @@ impl Redactor {
     }
 
     fn candidates(&self, text: &str) -> Vec<Cand> {
+        self.candidates_gated(text, true)
+    }
+
+    /// `gated = false` runs every regex over the whole text (tests compare both).
+    fn candidates_gated(&self, text: &str, gated: bool) -> Vec<Cand> {
         let mut out = Vec::new();
+        let whole = [(0, text.len(), usize::MAX)];
+        let mut runs: Option<Vec<(usize, usize, usize)>> = None;
         for d in detectors() {
             if !self.on(d.entity) {
                 continue;
             }
+            let gate = if gated { d.gate } else { Gate::None };
+            let open = match gate {
+                Gate::None | Gate::DigitRuns(_) => true,
+                Gate::Keywords => keyword_gate().is_match(text),
+                Gate::HexColons => hex_colons(text),
+                Gate::CapsDigit => caps_digit(text),
+            };
+            if !open {
+                continue;
+            }
+            let (ranges, min_digits): (&[(usize, usize, usize)], usize) = match gate {
+                Gate::DigitRuns(n) => (runs.get_or_insert_with(|| digit_runs(text)), n),
+                _ => (&whole, 0),
+            };
             if d.group == 0 {
-                for m in d.re.find_iter(text) {
-                    let (s, e) = (m.start(), m.end());
+                let spans = ranges
+                    .iter()
+                    .filter(|r| r.2 >= min_digits)
+                    .flat_map(|&(a, b, _)| d.re.find_iter(&text[a..b]).map(move |m| (a + m.start(), a + m.end())));
+                for m in spans {
+                    let (s, e) = m;
                     if d.entity == Entity::PaymentCard {
                         if let Some(e2) = card_prefix(text, s, e) {
                             out.push(Cand { entity: d.entity, start: s, end: e2 });
@@ -922,6 +1059,34 @@ mod tests {
 
     fn ents(t: &str) -> Vec<(Entity, String)> {
         red().candidates(t).into_iter().map(|c| (c.entity, t[c.start..c.end].to_string())).collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        /// The gates only skip work: findings are identical to running every regex on the
+        /// whole text, on text dense in digits, separators, keys, colons and case-fold look-alikes.
+        #[test]
+        fn gated_equals_ungated(parts in proptest::collection::vec(proptest::sample::select(vec![
+            "0", "1", "4", "7", "9", "\u{663}", "\u{FF14}", "\u{2167}", " ", "-", ".", "(", ")", "+", ":", "::", "=", "\"", "'",
+            "\n", "\t", "a", "f", "F", "Z", "x", "é", "GB", "DE89", "GB82 WEST 1234 5698 7654 32", "4111 1111 1111 1111",
+            "4111-1111-1111-1111", "123-45-6789", "555-0100", "+44 20 7946 0958", "(415) 555-0132", "10.0.0.1",
+            "fe80::1", "2001:db8::ff00:42:8329", "password", "API_KEY", "\u{17F}ecret", "\u{212A}ey", "Token",
+            "pwd", "conn_string", "S3cr3t!x9Q#", "wJalrXUtnFEMI/K7MDENG", "bob@example.com", "AKIAIOSFODNN7EXAMPLE",
+        ]), 0..40)) {
+            let text: String = parts.concat();
+            let r = red();
+            let key = |c: Vec<Cand>| c.into_iter().map(|c| (c.entity, c.start, c.end)).collect::<Vec<_>>();
+            proptest::prop_assert_eq!(key(r.candidates_gated(&text, true)), key(r.candidates_gated(&text, false)), "{:?}", text);
+        }
+    }
+
+    #[test]
+    fn gates() {
+        assert_eq!(digit_runs("call 555-0100 now (or +1 2)"), vec![(4, 14, 7), (21, 27, 2)]);
+        assert_eq!(digit_runs("no digits here"), Vec::<(usize, usize, usize)>::new());
+        assert!(hex_colons("fe80::1") && hex_colons("a:b:c") && hex_colons("abcd:1234:") && !hex_colons("time: 10:30") && !hex_colons("x: y: z"));
+        assert!(caps_digit("GB82") && caps_digit("DE\u{663}") && !caps_digit("Gb82") && !caps_digit("G82"));
+        assert!(keyword_gate().is_match("My PassWord") && keyword_gate().is_match("\u{212A}EY") && !keyword_gate().is_match("hello"));
     }
 
     #[test]
