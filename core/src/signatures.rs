@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -168,6 +168,10 @@ pub(crate) struct SignatureSet {
 const MIN_COMPACT_PHRASE: usize = 12;
 /// Compiled size limit for one pattern (bytes of automaton), keeps hostile packs bounded.
 const PATTERN_SIZE_LIMIT: usize = 4 << 20;
+/// Lazy-DFA cache per pattern, bytes (the `regex` default is 2 MiB). Real prompts made the
+/// larger patterns clear and rebuild their cache over and over at the default; the cache only
+/// grows as states are built, so the bound costs memory only for patterns that need it.
+const LAZY_DFA_CACHE: usize = 8 << 20;
 /// Most prefix literals kept per pattern for the gate; a pattern with more is always searched.
 const MAX_GATE_LITERALS: usize = 256;
 
@@ -237,7 +241,7 @@ impl SignatureSet {
             }
             for (j, p) in d.patterns.iter().enumerate() {
                 let p = &ascii_word_boundaries(p);
-                let re = RegexBuilder::new(p).size_limit(PATTERN_SIZE_LIMIT).build().map_err(|e| {
+                let re = RegexBuilder::new(p).size_limit(PATTERN_SIZE_LIMIT).dfa_size_limit(LAZY_DFA_CACHE).build().map_err(|e| {
                     Error::rule(format!("rules[{i}].patterns[{j}] ({}): {e}", d.id))
                 })?;
                 let pi = patterns.len() as u32;
@@ -264,6 +268,7 @@ impl SignatureSet {
             }
             AhoCorasickBuilder::new()
                 .match_kind(MatchKind::Standard)
+                .kind(Some(AhoCorasickKind::DFA))
                 .build(pats)
                 .map(Some)
                 .map_err(|e| Error::rule(format!("phrases: {e}")))
@@ -274,6 +279,7 @@ impl SignatureSet {
             Some(
                 AhoCorasickBuilder::new()
                     .match_kind(MatchKind::Standard)
+                    .kind(Some(AhoCorasickKind::DFA))
                     .build(&gate_lits)
                     .map_err(|e| Error::rule(format!("pattern prefixes: {e}")))?,
             )
