@@ -403,6 +403,8 @@ impl Firewall {
 fn _vallum(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // Benchmarks refuse to time a debug build (it is several times slower than release).
+    m.add("BUILD_PROFILE", if cfg!(debug_assertions) { "debug" } else { "release" })?;
     m.add("VallumError", py.get_type::<VallumError>())?;
     m.add("PolicyError", py.get_type::<PolicyError>())?;
     m.add("ModelError", py.get_type::<ModelError>())?;

@@ -7,8 +7,11 @@ from typing_extensions import TypeAlias, disjoint_base
 _Text: TypeAlias = Union[str, bytes]
 
 __version__: str
+#: "release" or "debug": how the extension was compiled (benchmarks need "release").
+BUILD_PROFILE: str
 __all__ = [
     "__version__",
+    "BUILD_PROFILE",
     "VallumError",
     "PolicyError",
     "ModelError",
