@@ -420,8 +420,11 @@ async def _scan(firewall: Any, body: Any, paths: Sequence[Sequence[Any]]) -> Sca
     if not selected:
         return ScanResult(None, [], [])
     labels = [p for p, _ in selected]
-    verdicts = await run_in_threadpool(firewall.scan_prompts, [t for _, t in selected])
-    verdicts = list(verdicts)
+    texts = [t for _, t in selected]
+    # Signatures alone take microseconds on a normal prompt: a worker-thread hop would cost more
+    # than the scan. The classifier (milliseconds) and large bodies go to the thread pool.
+    inline = not firewall.has_classifier and sum(len(t) for t in texts) < _THREADPOOL_MIN_BYTES
+    verdicts = list(firewall.scan_prompts(texts) if inline else await run_in_threadpool(firewall.scan_prompts, texts))
     return ScanResult(_worst(verdicts), verdicts, labels)
 
 
