@@ -102,6 +102,11 @@ def bar(it, **kw):
 def import_vallum():
     sys.path.insert(0, str(REPO / "bindings-python/python"))
     import vallum
+    # A `maturin develop` without --release is several times slower: never time it.
+    profile = getattr(vallum._vallum, "BUILD_PROFILE", "unknown")
+    if profile != "release":
+        sys.exit(f"run.py: the vallum extension in bindings-python/python is a {profile} build; "
+                 "rebuild it with `(cd bindings-python && maturin develop --release)` before benchmarking")
     return vallum
 
 
@@ -231,23 +236,42 @@ def bench_redaction(R):
     log(f"redaction: {len(records)} records, {nbytes / 1e6:.2f} MB, {sum(len(r['spans']) for r in records)} planted spans")
     res = {"records": len(records), "bytes": nbytes, "planted": sum(len(r["spans"]) for r in records), "tools": {}}
 
-    def timed(name, fn, passes=1):
-        best, preds = float("inf"), None
+    def timed(name, fn, passes=1, post=lambda text, out: out):
+        """Times `fn` over every record; `post` (span conversion for scoring) runs after the clock stops."""
+        best, outs = float("inf"), None
         for p in range(passes):
             t = time.perf_counter()
             out = [fn(r["text"]) for r in bar(records, desc=f"{name} {p + 1}/{passes}", leave=False)]
             best = min(best, time.perf_counter() - t)
-            preds = out
-        m = overlap_metrics(records, preds)
+            outs = out
+        m = overlap_metrics(records, [post(r["text"], o) for r, o in zip(records, outs)])
         res["tools"][name] = {"seconds": best, "mb_s": mbps(nbytes, best), **m}
         log(f"  {name}: {mbps(nbytes, best):.3f} MB/s recall {m['recall']:.3f} precision {m['precision'] or 0:.3f}")
 
     fw = vallum.Firewall(vallum.Policy.from_json('{"classifier": {"enabled": false}}'))
+    timed("Vallum scan_output", fw.scan_output, passes=3,
+          post=lambda text, o: byte_to_char_spans(text, [(f.start, f.end) for f in o.findings]))
 
-    def v_scan(text):
-        o = fw.scan_output(text)
-        return byte_to_char_spans(text, [(f.start, f.end) for f in o.findings])
-    timed("Vallum scan_output", v_scan, passes=3)
+    # The same records as one document, one record per line: what detect-secrets' scan_file reads.
+    doc = "".join(r["text"] + "\n" for r in records)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        o = fw.scan_output(doc)
+        best = min(best, time.perf_counter() - t)
+    starts, pos = [], 0
+    for r in records:
+        starts.append(pos)
+        pos += len(r["text"].encode()) + 1
+    preds = [[] for _ in records]
+    import bisect
+    for fnd in o.findings:
+        i = bisect.bisect_right(starts, fnd.start) - 1
+        text, base = records[i]["text"], starts[i]
+        preds[i].extend(byte_to_char_spans(text, [(fnd.start - base, min(fnd.end - base, len(text.encode())))]))
+    m = overlap_metrics(records, preds)
+    res["tools"]["Vallum scan_output (whole corpus as one document)"] = {"seconds": best, "mb_s": mbps(nbytes, best), **m}
+    log(f"  Vallum whole document: {mbps(nbytes, best):.3f} MB/s recall {m['recall']:.3f}")
 
     # detect-secrets: its own file scan (all default plugins and filters), one record per line.
     try:
@@ -437,30 +461,40 @@ def bench_classifier(R, sizes, iters):
 
 # ============================================================== 4. end to end
 
-def bench_e2e(R, requests):
-    res = {}
+def bench_e2e(R, requests, concurrency=None, load_requests=None):
+    """Runs both bindings' middleware benchmarks: `requests` sequential requests per app (their
+    parts 1-2), then the concurrent load (part 3): `concurrency` keep-alive clients (default
+    $VALLUM_E2E_CONCURRENCY or 8), `load_requests` measured requests per app (default
+    $VALLUM_E2E_REQUESTS or 2000), server and load generator in separate processes. The scripts
+    write their numbers with --json; stdout is kept for the report."""
+    concurrency = int(concurrency or os.environ.get("VALLUM_E2E_CONCURRENCY", 8))
+    load_requests = int(load_requests or os.environ.get("VALLUM_E2E_REQUESTS", 2000))
+    res = {"concurrency": concurrency, "requests": load_requests, "sequential_requests": requests}
     py = os.environ.get("VALLUM_PYTHON", "/work/venv-py/bin/python")
-    script = REPO / "bindings-python/bench/bench_middleware.py"
-    if script.exists():
-        log(f"e2e: FastAPI ({script.relative_to(REPO)}, --requests {requests})")
+    flags = ["--concurrency", str(concurrency), "--requests", str(load_requests), "--sequential-requests", str(requests)]
+    runs = (("fastapi", REPO / "bindings-python/bench/bench_middleware.py", REPO, [py, "bindings-python/bench/bench_middleware.py"]),
+            ("express", REPO / "bindings-node/bench/bench.mjs", REPO / "bindings-node", ["node", "bench/bench.mjs"]))
+    for key, script, cwd, cmd in runs:
+        if not script.exists():
+            res[key] = {"rc": None, "stdout": "", "stderr": f"{script.relative_to(REPO)} not found"}
+            continue
+        out = WORK / f"e2e_{key}.json"
+        out.unlink(missing_ok=True)
+        cmd = [*cmd, *flags, "--json", str(out)]
+        log(f"e2e: {key} ({' '.join(cmd[1:-2])})")
         try:
-            r = subprocess.run([py, str(script), "--requests", str(requests)], cwd=REPO, capture_output=True, text=True, timeout=420)
-            res["fastapi"] = {"rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr[-1500:]}
+            r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=420)
+            res[key] = {"rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr[-1500:]}
         except Exception as e:  # noqa: BLE001
-            res["fastapi"] = {"rc": -1, "stdout": "", "stderr": repr(e)}
-    else:
-        res["fastapi"] = {"rc": None, "stdout": "", "stderr": "bindings-python/bench/bench_middleware.py not found"}
-    script = REPO / "bindings-node/bench/bench.mjs"
-    if script.exists():
-        log(f"e2e: Express (node bench/bench.mjs --requests {requests})")
+            res[key] = {"rc": -1, "stdout": "", "stderr": repr(e)}
         try:
-            r = subprocess.run(["node", "bench/bench.mjs", "--requests", str(requests)], cwd=REPO / "bindings-node",
-                               capture_output=True, text=True, timeout=420)
-            res["express"] = {"rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr[-1500:]}
-        except Exception as e:  # noqa: BLE001
-            res["express"] = {"rc": -1, "stdout": "", "stderr": repr(e)}
-    else:
-        res["express"] = {"rc": None, "stdout": "", "stderr": "bindings-node/bench/bench.mjs not found"}
+            res[key]["json"] = json.loads(out.read_text())
+        except (OSError, ValueError):
+            res[key]["json"] = None
+        for d in (res[key].get("json") or {}).get("load", []):
+            if d.get("available"):
+                log(f"  {key} {d['variant']}: p50 {d.get('p50_us', float('nan')):.0f} us, p99 "
+                    f"{d.get('p99_us', float('nan')):.0f} us, {d['req_s']:.0f} req/s, {d['errors']} errors")
     R["e2e"] = res
 
 
@@ -541,7 +575,7 @@ def main_inner(args):
     sizes = [16, 128, 512]
     iters = {16: 300, 128: 200, 512: 100}
     steps = [("signatures", lambda: bench_signatures(R)), ("redaction", lambda: bench_redaction(R)),
-             ("classifier", lambda: bench_classifier(R, sizes, iters)), ("e2e", lambda: bench_e2e(R, args.requests)),
+             ("classifier", lambda: bench_classifier(R, sizes, iters)), ("e2e", lambda: bench_e2e(R, args.requests, args.concurrency, args.load_requests)),
              ("eval", lambda: bench_eval(R))]
     for i, (name, fn) in enumerate(steps, 1):
         if args.only and name not in args.only:
@@ -562,14 +596,16 @@ def main_inner(args):
     (WORK / "results.json").write_text(json.dumps(R, indent=1, default=str))
     import report
     report.write(R, REPO, PLOTS)
-    log(f"done in {R['total_s'] / 60:.1f} min: benches/RESULTS.md, benches/plots/")
+    log(f"done in {(time.time() - T0) / 60:.1f} min: benches/RESULTS.md, benches/plots/")
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--only", nargs="*", help="run only these steps (signatures redaction classifier e2e eval)")
-    ap.add_argument("--requests", type=int, default=300, help="requests per configuration in the e2e benches")
+    ap.add_argument("--requests", type=int, default=300, help="sequential requests per configuration in the e2e benches")
+    ap.add_argument("--concurrency", type=int, default=None, help="e2e load: concurrent keep-alive clients (default 8)")
+    ap.add_argument("--load-requests", type=int, default=None, help="e2e load: measured requests per app (default 2000)")
     ap.add_argument("--report-only", action="store_true", help="re-render RESULTS.md from .work/results.json")
     a = ap.parse_args()
     if not a.inner:
