@@ -57,8 +57,8 @@ pub struct ClassifierVerdict {
     /// `ok`, `unavailable` (model or runtime missing: signatures only), or `skipped`.
     pub status: String,
     /// True when most of the text's letters are outside the Latin script, which the shipped
-    /// model covers poorly; its calibrated score is then discounted (×0.6): it can flag, not
-    /// block.
+    /// model covers less well; its calibrated score is then discounted (×0.9), so flagging and
+    /// blocking need a more confident model.
     #[serde(default)]
     pub language_unsupported: bool,
     /// Why the classifier is unavailable (status `unavailable`).
@@ -309,10 +309,12 @@ const MAX_DECODED_SNIPPET: usize = 200;
 /// same for scripts written without spaces.
 const MIN_CLASSIFIER_CHARS: usize = 12;
 /// Factor applied to the calibrated classifier score when most letters are outside the Latin
-/// script (`language_unsupported`). 0.6 keeps the scale's top (1.0) below the default block
-/// threshold (0.8) while a near-certain model score still reaches the flag threshold (0.5):
-/// measured on the dev split, a hard cap below `flag` lost 96 non-Latin injections.
-const UNSUPPORTED_SCRIPT_DISCOUNT: f32 = 0.6;
+/// script (`language_unsupported`): such a text needs a more confident model to reach each
+/// threshold (with the shipped model's thresholds and the default policy, blocking needs a
+/// probability of 0.983 instead of 0.969). Chosen on the dev split (349 non-Latin rows): 0.6,
+/// which could never block, lost 90 of 147 non-Latin injections at 1 % FPR and blocked only
+/// 18 % of them; 0.9 blocks 67 % while no non-Latin benign row reaches block (see MODEL.md).
+const UNSUPPORTED_SCRIPT_DISCOUNT: f32 = 0.9;
 
 impl Firewall {
     /// A builder with the default policy.
@@ -624,8 +626,7 @@ impl Firewall {
                 if let Some(mt) = &self.0.cls_thresholds {
                     let mut cal = calibrate(c.score, mt, t.flag, t.block);
                     if c.language_unsupported {
-                        // The model does not cover this script well: lower confidence. The
-                        // discounted score can flag (a very confident model) but never block.
+                        // The model covers this script less well: ask for more confidence.
                         cal *= UNSUPPORTED_SCRIPT_DISCOUNT;
                     }
                     let short = text.chars().filter(|c| c.is_alphanumeric()).take(MIN_CLASSIFIER_CHARS).count() < MIN_CLASSIFIER_CHARS;
