@@ -470,7 +470,7 @@ def bench_e2e(R, requests, concurrency=None, load_requests=None):
     concurrency = int(concurrency or os.environ.get("VALLUM_E2E_CONCURRENCY", 8))
     load_requests = int(load_requests or os.environ.get("VALLUM_E2E_REQUESTS", 2000))
     res = {"concurrency": concurrency, "requests": load_requests, "sequential_requests": requests}
-    py = os.environ.get("VALLUM_PYTHON", "/work/venv-py/bin/python")
+    py = os.environ.get("VALLUM_PYTHON") or ("/work/venv-py/bin/python" if Path("/work/venv-py/bin/python").exists() else sys.executable)
     flags = ["--concurrency", str(concurrency), "--requests", str(load_requests), "--sequential-requests", str(requests)]
     runs = (("fastapi", REPO / "bindings-python/bench/bench_middleware.py", REPO, [py, "bindings-python/bench/bench_middleware.py"]),
             ("express", REPO / "bindings-node/bench/bench.mjs", REPO / "bindings-node", ["node", "bench/bench.mjs"]))
