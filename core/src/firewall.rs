@@ -304,7 +304,7 @@ struct Hit {
 }
 
 const MAX_DECODED_SNIPPET: usize = 200;
-/// Fewer letters and digits than this, and no obfuscation seen, and the classifier alone cannot
+/// Fewer letters and digits than this (in the original text) and the classifier alone cannot
 /// raise the decision above `allow` (one-word greetings scored high in testing). Counted in chars, so that it means the
 /// same for scripts written without spaces.
 const MIN_CLASSIFIER_CHARS: usize = 12;
@@ -630,10 +630,11 @@ impl Firewall {
                         cal *= UNSUPPORTED_SCRIPT_DISCOUNT;
                     }
                     let short = text.chars().filter(|c| c.is_alphanumeric()).take(MIN_CLASSIFIER_CHARS).count() < MIN_CLASSIFIER_CHARS;
-                    if short && !flags.any_obfuscation() {
-                        // A plain word or two ("hello") carries too little context for the model:
-                        // it may flag such a text only together with a signature. Obfuscated
-                        // short texts (styled letters, spacing) keep the classifier's verdict.
+                    if short {
+                        // A word or two ("hello"), or nothing but invisible characters, carries
+                        // too little context for the model: it may flag such a text only together
+                        // with a signature. Styled, spaced or leet letters still count as letters
+                        // and digits here, so obfuscation does not shorten a text below the bar.
                         cal = cal.min((t.flag - 0.01).max(0.0));
                     }
                     if !matches.is_empty() && matches.iter().all(|m| m.quoted) && reports_text(text) {

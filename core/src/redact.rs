@@ -628,11 +628,13 @@ impl Redactor {
     }
 
     fn candidates(&self, text: &str) -> Vec<Cand> {
-        self.candidates_gated(text, true)
+        self.candidates_gated(text, true, None)
     }
 
-    /// `gated = false` runs every regex over the whole text (tests compare both).
-    fn candidates_gated(&self, text: &str, gated: bool) -> Vec<Cand> {
+    /// `gated = false` runs every regex over the whole text (tests compare both). `raw`, when
+    /// given, receives the span of every detector match before its check, accepted or not (the
+    /// stream redactor never cuts through one).
+    fn candidates_gated(&self, text: &str, gated: bool, mut raw: Option<&mut Vec<(usize, usize)>>) -> Vec<Cand> {
         let mut out = Vec::new();
         let whole = [(0, text.len(), usize::MAX)];
         let mut runs: Option<Vec<(usize, usize, usize)>> = None;
@@ -661,6 +663,9 @@ impl Redactor {
                     .flat_map(|&(a, b, _)| d.re.find_iter(&text[a..b]).map(move |m| (a + m.start(), a + m.end())));
                 for m in spans {
                     let (s, e) = m;
+                    if let Some(r) = raw.as_deref_mut() {
+                        r.push((s, e));
+                    }
                     if d.entity == Entity::PaymentCard {
                         if let Some(e2) = card_prefix(text, s, e) {
                             out.push(Cand { entity: d.entity, start: s, end: e2 });
@@ -672,12 +677,27 @@ impl Redactor {
                     }
                 }
             } else {
-                for caps in d.re.captures_iter(text) {
+                // After a rejected assignment, search again from the start of its value rather
+                // than from its end: the value class admits `=` and `:`, so a long rejected value
+                // can contain a real `key=value` pair (`a=<identifier>password=<secret>`), which
+                // a plain `captures_iter` would skip, and which a stream cut inside the rejected
+                // value would find (field report: streaming output differed from whole output).
+                let mut at = 0;
+                while at < text.len() {
+                    let Some(caps) = d.re.captures_at(text, at) else { break };
+                    let (Some(m), Some(v)) = (caps.get(0), caps.get(d.group)) else { break };
+                    if let Some(r) = raw.as_deref_mut() {
+                        r.push((m.start(), m.end()));
+                    }
                     if self.assignment_ok(text, &caps) {
-                        if let Some(v) = caps.get(d.group) {
-                            let vs = v.as_str().trim_end_matches(['.', '!', '?', ':']);
-                            out.push(Cand { entity: d.entity, start: v.start(), end: v.start() + vs.len() });
-                        }
+                        let vs = v.as_str().trim_end_matches(['.', '!', '?', ':']);
+                        out.push(Cand { entity: d.entity, start: v.start(), end: v.start() + vs.len() });
+                        at = m.end().max(at + 1);
+                    } else {
+                        at = v.start().max(at + 1);
+                    }
+                    while at < text.len() && !text.is_char_boundary(at) {
+                        at += 1;
                     }
                 }
             }
@@ -708,6 +728,9 @@ impl Redactor {
         if self.on(Entity::DenyTerm) {
             if let Some(ac) = &self.deny {
                 for m in ac.find_iter(text) {
+                    if let Some(r) = raw.as_deref_mut() {
+                        r.push((m.start(), m.end()));
+                    }
                     let wb = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
                     let first_w = text[m.start()..].chars().next().is_some_and(|c| c.is_alphanumeric());
                     let last_w = text[..m.end()].chars().next_back().is_some_and(|c| c.is_alphanumeric());
@@ -946,7 +969,10 @@ impl Utf8Stream {
 /// unfinished tail of the current line (at most `redaction.stream_holdback_bytes`), a run of
 /// token characters still in progress (up to 16 KiB, for long tokens such as JWTs) and any
 /// `-----BEGIN … PRIVATE KEY-----` block until its END line (up to 64 KiB, after which the
-/// partial block is redacted). Call [`StreamRedactor::finish`] at the end of the stream.
+/// partial block is redacted). It emits only up to the start of a whitespace-delimited token that
+/// no detector match (accepted or rejected) spans, so the output equals redacting the whole
+/// stream at once (property-tested), except inside single tokens longer than 16 KiB.
+/// Call [`StreamRedactor::finish`] at the end of the stream.
 /// Findings carry offsets in the whole stream.
 #[derive(Debug)]
 pub struct StreamRedactor {
@@ -1024,15 +1050,34 @@ impl StreamRedactor {
         while !b.is_char_boundary(cut) {
             cut -= 1;
         }
-        // Never cut through a finding: redact the whole buffer and move the cut to the start of
-        // any finding that reaches past it.
-        let r = self.fw.redactor();
-        for c in r.candidates(b) {
-            if c.start < cut && c.end > cut {
-                cut = c.start;
+        // The prefix before the cut must redact exactly as it would inside the whole stream, so
+        // the cut moves back until it (a) sits at the start of a whitespace-delimited token, so
+        // both sides see the same neighbours for the detectors' boundary checks, and (b) crosses
+        // no detector match, accepted or rejected (a finding must not be split, and a rejected
+        // match must not be cut into an accepted one). Each step only moves the cut back.
+        let mut raw = Vec::new();
+        self.fw.redactor().candidates_gated(b, true, Some(&mut raw));
+        loop {
+            let before = cut;
+            let mut t = cut;
+            while t > 0 && cut - t <= MAX_TOKEN_HOLD {
+                match b[..t].chars().next_back() {
+                    Some(c) if !c.is_whitespace() => t -= c.len_utf8(),
+                    _ => break,
+                }
+            }
+            if cut - t <= MAX_TOKEN_HOLD {
+                cut = t;
+            }
+            for &(s, e) in &raw {
+                if s < cut && e > cut {
+                    cut = s;
+                }
+            }
+            if cut == before {
+                return cut;
             }
         }
-        cut
     }
 
     fn emit(&mut self, cut: usize) -> String {
@@ -1076,8 +1121,18 @@ mod tests {
             let text: String = parts.concat();
             let r = red();
             let key = |c: Vec<Cand>| c.into_iter().map(|c| (c.entity, c.start, c.end)).collect::<Vec<_>>();
-            proptest::prop_assert_eq!(key(r.candidates_gated(&text, true)), key(r.candidates_gated(&text, false)), "{:?}", text);
+            proptest::prop_assert_eq!(key(r.candidates_gated(&text, true, None)), key(r.candidates_gated(&text, false, None)), "{:?}", text);
         }
+    }
+
+    #[test]
+    fn assignment_inside_rejected_value_is_found() {
+        // The first match's value runs to the space and is rejected (a long identifier-like
+        // run); the real assignment inside it must still be found, as it is when a stream cut
+        // falls between the two.
+        let t = "password=Tr0ub4dor&3xaAAghp_aB3dE5gH7jK9mN2pQ4sT6vW8yZ0aB3dE5gH7j?dana@example.orgpassword=Tr0ub4dor&3xGB82 WEST";
+        let found = ents(t);
+        assert!(found.contains(&(Entity::SecretAssignment, "Tr0ub4dor&3xGB82".to_string())), "{found:?}");
     }
 
     #[test]

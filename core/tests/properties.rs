@@ -120,3 +120,15 @@ proptest! {
         }
     }
 }
+
+/// Regression (found by `streaming_equals_whole`): a rejected assignment whose long value
+/// contains a real one hid it in the whole-text scan, while a stream cut between them found it.
+#[test]
+fn streaming_equals_whole_nested_assignment() {
+    let text = "password=Tr0ub4dor&3xaAAghp_aB3dE5gH7jK9mN2pQ4sT6vW8yZ0aB3dE5gH7j?dana@example.orgpassword=Tr0ub4dor&3xGB82 WEST 1234 5698 7654 32dana@example.org\u{9cb}\u{fffc}\u{11100}4111 1111 1111 1111::password=Tr0ub4dor&3xdana@example.org4111 1111 1111 1111dana@example.org?ghp_aB3dE5gH7jK9mN2pQ4sT6vW8yZ0aB3dE5gH7jadana@example.orgaaaaaa\u{dd6}0\u{1f8c0}AKIAIOSFODNN7EXAMPLQA:=,ghp_aB3dE5gH7jK9mN2pQ4sT6vW8yZ0aB3dE5gH7j0000Aa4111 1111 1111 1111dana@example.org A4111 1111 1111 1111GB82 WEST 1234 5698 7654 32dana@example.orgGB82 WEST 1234 5698 7654 32";
+    let whole = fw().scan_output(text);
+    let mut s = fw().stream_redactor();
+    let mut out = s.push(text);
+    out.push_str(&s.finish());
+    assert_eq!(out, whole.text);
+}
