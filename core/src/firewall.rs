@@ -414,17 +414,30 @@ impl Firewall {
                 refs.push(&text[a..b]);
             }
         }
-        let normalized: String;
-        if policy.score_normalized_view && flags.any_obfuscation() {
-            // The canonical view undoes invisible characters, look-alikes and spacing.
+        let mut normalized: Option<String> = None;
+        let mut folded: Option<String> = None;
+        let score_view = policy.score_normalized_view && flags.any_obfuscation();
+        if score_view || !text.is_ascii() {
+            // The canonical view undoes invisible characters, look-alikes, styled letters and
+            // spacing.
             let mut cut = text.len().min(budget);
             while !text.is_char_boundary(cut) {
                 cut -= 1;
             }
             let v = crate::normalize::normalize(&text[..cut]);
-            normalized = v.despaced.map(|d| d.text).unwrap_or(v.canonical.text);
-            refs.push(&normalized);
+            if !text.is_ascii() {
+                folded = Some(v.canonical.text.clone());
+            }
+            if score_view {
+                normalized = Some(v.despaced.map(|d| d.text).unwrap_or(v.canonical.text));
+            }
         }
+        if let Some(n) = &normalized {
+            refs.push(n);
+        }
+        // The script is judged on the canonical view: Latin text in mathematical bold or with
+        // Cyrillic look-alikes is an evasion, not a language the model lacks.
+        let script_text = folded.as_deref().unwrap_or(text);
         match c.score_batch(&refs) {
             Ok(scores) => {
                 let score = scores.iter().map(|s| s.score).fold(0.0f32, f32::max);
@@ -433,7 +446,7 @@ impl Firewall {
                     score,
                     windows,
                     status: "ok".into(),
-                    language_unsupported: non_latin_share(text) > 0.5,
+                    language_unsupported: non_latin_share(script_text) > 0.5,
                     error: None,
                 })
             }
