@@ -16,7 +16,7 @@ Steps (fixed seeds throughout):
      masked mean pool -> linear -> sigmoid; dynamic padding; word embeddings frozen
   5. export to ONNX (opset 17), int8 dynamic quantisation, fp32-vs-int8 agreement
   6. calibrate thresholds on dev benign rows with the int8 model (block: overall FPR
-     <= 1% and every benign source <= 2%; flag: overall FPR <= 3%)
+     <= 1% and every benign source <= 2%; flag: overall FPR <= 3% and probability >= 0.5)
   7. leave-one-source-out runs with a cheaper config
   8. write model.onnx, tokenizer.json, config.json, MANIFEST, pinned_scores.json, MODEL.md
      and models/reports/<name>-metrics.json + <name>-train.log (no data text in any of them)
@@ -543,7 +543,7 @@ def eval_groups(rows):
     return g
 
 
-def calibrate(rows, scores, overall_block=0.01, per_source_block=0.02, overall_flag=0.03, min_n=30):
+def calibrate(rows, scores, overall_block=0.01, per_source_block=0.02, overall_flag=0.03, min_flag=0.5, min_n=30):
     y = np.array([r["label"] for r in rows])
     s = np.asarray(scores)
     benign = s[y == 0]
@@ -557,7 +557,10 @@ def calibrate(rows, scores, overall_block=0.01, per_source_block=0.02, overall_f
         t = threshold_for_fpr(s[idx], per_source_block)
         if t > block:
             block, binding = t, f"{name} <= 2% FPR"
-    flag = min(threshold_for_fpr(benign, overall_flag), block)
+    # Flag at 3% dev FPR, but never below probability 0.5: a sharper model puts the 3% point
+    # lower (0.24 for the second shipped model), which flagged plain requests such as
+    # "Could you help me plan a birthday dinner?" (field report 19).
+    flag = min(max(threshold_for_fpr(benign, overall_flag), min_flag), block)
     # round up to the 6 decimals written to config.json, so the shipped numbers are exact
     return math.ceil(flag * 1e6) / 1e6, math.ceil(block * 1e6) / 1e6, binding
 
@@ -640,7 +643,7 @@ def main():
     ap.add_argument("--work-dir", default="/tmp/vallum-train-work", help="checkpoints/intermediate ONNX (outside the repo)")
     ap.add_argument("--name", default=None)
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--max-len", type=int, default=256, help="tokens incl. [CLS]/[SEP]")
     ap.add_argument("--window-stride", type=int, default=128)
     ap.add_argument("--max-windows", type=int, default=16)
@@ -676,9 +679,10 @@ def main():
     log(f"torch {torch.__version__} threads={torch.get_num_threads()}")
     seed_all(args.seed)
 
-    # keeps training to ~20 min on one thread (2 layers, 2 epochs)
-    caps = {"slabs_prompt_injection": 3500, "neuralchemy_prompt_injection": 2200,
-            "self_instruct": 1000, "cyberseceval_benign": 1000, "hn_docstring": 2000,
+    # Training rows per source at most (~34k rows: about 30 min on one thread for 2 layers and
+    # 3 epochs). The attack-rich sources are used whole: capping them at 3500/2200 rows (the
+    # first shipped model) cost 6 points of dev TPR at 1% FPR (84.3% vs 90.5%).
+    caps = {"self_instruct": 2000, "cyberseceval_benign": 1500, "hn_docstring": 2500,
             "hn_markdown": 1200, "hn_gettext_intl": 1200, "hn_changelog": 400}
     for c in args.cap:
         k, v = c.split("=")
