@@ -48,6 +48,70 @@ def pct(x):
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def _per_source(split, key):
+    out = {}
+    for r in split:
+        out[r["source"]] = out.get(r["source"], 0) + r[key]
+    return out
+
+
+def binding_caps(m):
+    """Caps that actually removed training rows (a cap at or above a source's size is a no-op)."""
+    side, used = _per_source(m["split"], "train_side"), _per_source(m["split"], "used")
+    return {k: v for k, v in m["caps"].items() if k in side and used[k] < side[k]}
+
+
+def timing_lines(m):
+    """Training/run/LOSO times as measured. A --loso-only run adds timings_s["loso"] without changing
+    "total", so LOSO counts as part of the whole run only when the main run did LOSO itself and its
+    total is large enough to contain it."""
+    tm = m["timings_s"]
+    lo = tm.get("loso")
+    main_parts = sum(tm.get(k, 0) for k in ("train_main", "eval_torch_dev", "export_quantize", "eval_ort_dev"))
+    in_total = lo is not None and not m["args"].get("skip_loso") and tm.get("total", 0) >= main_parts + lo
+    line = (f"- Time (1 CPU thread): training {tm.get('train_main', 0) / 60:.1f} min; whole run "
+            f"{tm.get('total', 0) / 60:.1f} min (incl. hard-negative collection, clustering, training, export, "
+            f"evaluation{', LOSO ' + format(lo / 60, '.1f') + ' min' if in_total else ''}).")
+    if lo is not None and not in_total:
+        n = len(m.get("loso", {}).get("runs", []))
+        line += (f" Leave-one-source-out: {lo / 60:.1f} min in a separate `--loso-only` run "
+                 f"({n + 1} cheap trainings: baseline + {n} held-out sources), not included in the whole-run time.")
+    return [line + "\n"]
+
+
+def _run_row(m, shipped):
+    s, lat = m["dev_summary_int8"], m["latency_ms_int8_1thread"]
+    return {"layers": m["args"]["layers"], "epochs": m["args"]["epochs"], "rows": sum(r["used"] for r in m["split"]),
+            "auc": s["auc"], "tpr_1pct": s["tpr_at_1pct_fpr"], "tpr_block": s["tpr_at_block"],
+            "binding": m["thresholds"]["block_binding_constraint"], "p50_128": lat["128"]["p50"],
+            "p50_256": lat["256"]["p50"], "mb": m["model_onnx_bytes"] / 1e6,
+            "train_min": m["timings_s"]["train_main"] / 60, "shipped": shipped, "name": m["name"]}
+
+
+CONFIG_KEYS = ("epochs", "max_len", "window_stride", "max_windows", "batch", "lr", "head_lr", "seed")
+
+
+def layer_comparison(m, reports=HERE / "reports"):
+    """Rows for the layer-choice table from models/reports/cmp-*-metrics.json runs on the same data with
+    a different layer count, plus the shipped model; and, per comparison run, how its setup differs."""
+    rows, diffs = [_run_row(m, True)], {}
+    for p in sorted(reports.glob("cmp-*-metrics.json")):
+        c = json.loads(p.read_text())
+        if c.get("data_digest") != m["data_digest"] or c["args"]["layers"] == m["args"]["layers"]:
+            continue
+        rows.append(_run_row(c, False))
+        d = [f"{k} {c['args'][k]} (shipped {m['args'][k]})" for k in CONFIG_KEYS if c["args"].get(k) != m["args"].get(k)]
+        cu, mu = _per_source(c["split"], "used"), _per_source(m["split"], "used")
+        rd = [f"{k} {cu.get(k, 0)} vs {mu.get(k, 0)}" for k in sorted(set(cu) | set(mu)) if cu.get(k, 0) != mu.get(k, 0)]
+        if rd:
+            d.append(f"training rows per source differ (caps): {', '.join(rd)}; {rows[-1]['rows']} vs {rows[0]['rows']} in all")
+        if [(r["source"], r["label"], r["dev"]) for r in c["split"]] != [(r["source"], r["label"], r["dev"]) for r in m["split"]]:
+            d.append("dev split differs")
+        diffs[p.name] = d
+    rows.sort(key=lambda r: r["layers"])
+    return (rows, diffs) if len(rows) > 1 else (None, None)
+
+
 def write_model_card(out_dir, m):
     out_dir = Path(out_dir)
     cfg = m["config"]
@@ -81,9 +145,12 @@ def write_model_card(out_dir, m):
       "(truncation to max_length); a re-run here reproduces it to ~1e-6. Across ONNX Runtime versions/CPUs int8 "
       "kernels may differ slightly: compare with an absolute tolerance of about 1e-3.\n")
     w("## Training data\n")
+    bc = binding_caps(m)
     w("All rows of `shared/data` (training side of the project's data; a separate held-out set is kept elsewhere). "
-      "Per SOURCES.md. Split into train/dev by near-duplicate cluster (see below); some large sources were subsampled "
-      f"for training ({', '.join(f'{k} {v}' for k, v in m['caps'].items())} rows at most).\n")
+      "Per SOURCES.md. Split into train/dev by near-duplicate cluster (see below); "
+      + (f"some large sources were subsampled for training ({', '.join(f'{k} {v}' for k, v in bc.items())} rows at "
+         "most; every other source's training-side rows were all used).\n" if bc else
+         "every training-side row was used.\n"))
     w("| source | licence / attribution | label | train side | dev | used in training |\n|---|---|---|---|---|---|")
     for r in m["split"]:
         lic = LICENCES.get(r["source"], HN_DESC.get(r["source"], ""))
@@ -114,14 +181,17 @@ def write_model_card(out_dir, m):
     w(f"- {ar['epochs']} epochs, batch {ar['batch']}, AdamW lr {ar['lr']} (head {ar['head_lr']}), warm-up 6% then linear "
       f"decay, dropout 0.1, max length {ar['max_len']} tokens (positives: head window; long benign texts: a random "
       f"window per epoch), length-bucketed dynamic padding, seed {ar['seed']}, 1 CPU thread.")
-    tm = m["timings_s"]
-    w(f"- Time: training {tm.get('train_main', 0) / 60:.1f} min; whole run {tm.get('total', 0) / 60:.1f} min "
-      "(incl. hard-negative collection, clustering, export, evaluation, LOSO).\n")
+    for line in timing_lines(m):
+        w(line)
     w("## Dev results (int8 model, windows as above)\n")
     w(f"- Dev: {s['n']} rows ({s['n_pos']} injections, {s['n_neg']} benign incl. hard negatives).")
     w(f"- AUC {s['auc']:.4f}; TPR at 1% FPR {pct(s['tpr_at_1pct_fpr'])}.")
+    flag_basis = ""
+    if th.get("flag_3pct_fpr") is not None and th["flag_3pct_fpr"] != th["flag"]:
+        flag_basis = (f" (the 3% dev-FPR point {th['flag_3pct_fpr']:.4f}, floored at probability "
+                      f"{th.get('flag_floor', th['flag'])})")
     w(f"- Thresholds calibrated on dev benign rows: block {th['block']:.4f} (binding: {th['block_binding_constraint']}), "
-      f"flag {th['flag']:.4f}. At block: TPR {pct(s['tpr_at_block'])}, FPR {pct(s['fpr_at_block'])}; "
+      f"flag {th['flag']:.4f}{flag_basis}. At block: TPR {pct(s['tpr_at_block'])}, FPR {pct(s['fpr_at_block'])}; "
       f"at flag: TPR {pct(s['tpr_at_flag'])}, FPR {pct(s['fpr_at_flag'])}.")
     w("- The thresholds are fitted on the same dev rows they are reported on. Two-fold check (calibrate on half the dev "
       "clusters, measure on the other half): " + "; ".join(
@@ -133,6 +203,11 @@ def write_model_card(out_dir, m):
           f"{pct(al['tpr'])} but benign sources above 2% FPR: "
           + (", ".join(f"{k} {pct(v['fpr'])} ({v['count']}/{v['n']})" for k, v in al["over_2pct"].items()) or "none")
           + ". The shipped block threshold is raised until every benign source with n >= 30 is at or below 2%.")
+        w("")
+    elif th["block_binding_constraint"] != "overall 1% FPR":
+        w(f"- Alternative (not shipped): block at plain 1% overall dev FPR = {s['thr_1pct_fpr']:.4f} gives TPR "
+          f"{pct(s['tpr_at_1pct_fpr'])}. The shipped block threshold is raised until every benign source with n >= 30 "
+          f"is at or below 2% (binding: {th['block_binding_constraint']}).")
         w("")
     w("### Per source (dev)\n")
     w("Rate = TPR for label 1 rows, FPR for label 0 rows. `ALL_non_english_benign` = machine-translated "
@@ -149,7 +224,10 @@ def write_model_card(out_dir, m):
           f"training rows sampled, trained at {c['max_len']} tokens (lr {c.get('lr', '')}). Each run drops every "
           "cluster that contains a row of the held-out source (so its near-duplicates in other sources go too), "
           "calibrates thresholds on that run's dev benign rows the same way as the shipped model (block: overall 1% "
-          "and every benign source <= 2%), and scores all rows of the held-out source. `1% thr` = threshold at 1% "
+          "and every benign source <= 2%; flag: 3% FPR"
+          + (f", but without the shipped model's floor at {th['flag_floor']}: these runs predate it"
+             if th.get("flag_floor") and not c.get("flag_floor") else "")
+          + "), and scores all rows of the held-out source. `1% thr` = threshold at 1% "
           "FPR over all dev benign rows only; AUC = held-out positives vs dev benign rows. Baseline = same cheap "
           "config trained with every source, scored on the held-out source's dev rows (only those were unseen).\n")
         w("| held-out source | positives | TPR at block | TPR at 1% thr | TPR at flag | AUC | dev rows: TPR at 1% thr (LOSO / baseline) | dev rows: AUC (LOSO / baseline) | its benign rows: FPR at block / 1% thr |")
@@ -162,13 +240,17 @@ def write_model_card(out_dir, m):
             w(f"| {r['held_out']} | {al['n']} | {pct(al['tpr_block'])} | {pct(al['tpr_1pct'])} | {pct(al['tpr_flag'])} | "
               f"{al['auc_vs_dev_benign']:.3f} | {dvr} | {dva} | {fp} |")
         w("")
-        w("Reading it: the cheap config is much weaker than the shipped model (its calibrated block threshold lands "
-          "near 0.98-0.99, so TPR at block is near 0 even for the baseline), so compare LOSO with the baseline column, "
+        blocks = [r["block"] for r in lo["runs"]]
+        base_blk = ", ".join(f"{k} {pct(v['tpr_block'])}" for k, v in lo.get("baseline", {}).items() if v.get("n"))
+        w("Reading it: the cheap config is much weaker than the shipped model (its calibrated block thresholds land at "
+          f"{min(blocks):.3f}-{max(blocks):.3f} in the held-out runs, and the baseline's TPR at block on the held-out "
+          f"sources' dev rows is only {base_blk}), so compare LOSO with the baseline column, "
           "not with the shipped model's table. The drop from baseline to LOSO (AUC and TPR at the 1% threshold on the "
           "same dev rows) is the estimate of what an unseen attack family costs; expect the shipped model to lose "
           "recall on unseen sources in the same direction.")
         w("")
     if m.get("layer_choice"):
+        # legacy: table assembled by hand into the metrics json
         w("## Layer choice\n")
         w("Both variants trained with the same data, split, caps and schedule; int8, dev set, thresholds calibrated "
           "the same way; latency int8, 1 thread, batch 1 (p50 ms).\n")
@@ -180,6 +262,27 @@ def write_model_card(out_dir, m):
         w("")
         if m.get("layer_choice_note"):
             w(m["layer_choice_note"] + "\n")
+    else:
+        rows, diffs = layer_comparison(m)
+        if rows:
+            w("## Layer choice\n")
+            w("Shipped model vs comparison runs on the same data files (" + ", ".join(f"models/reports/{k}" for k in diffs)
+              + "). Int8, dev set, thresholds calibrated the same way; latency int8, 1 thread, batch 1 (p50 ms), "
+              "measured during each run on this shared machine.\n")
+            w("| layers | epochs | training rows | AUC | TPR at 1% FPR | TPR at block | block binding | p50 ms @128 | p50 ms @256 | model.onnx MB | train min |")
+            w("|---|---|---|---|---|---|---|---|---|---|---|")
+            for r in rows:
+                lay = f"{r['layers']} (shipped)" if r["shipped"] else f"{r['layers']} ({r['name']})"
+                w(f"| {lay} | {r['epochs']} | {r['rows']} | {r['auc']:.4f} | {pct(r['tpr_1pct'])} | {pct(r['tpr_block'])} | "
+                  f"{r['binding']} | {r['p50_128']:.2f} | {r['p50_256']:.2f} | {r['mb']:.1f} | {r['train_min']:.1f} |")
+            w("")
+            for k, d in diffs.items():
+                if d:
+                    w(f"Not like-for-like: {k} differs from the shipped run in more than the layer count: "
+                      + "; ".join(d) + ". It has not been re-run with the shipped settings, so the gap between the rows "
+                      "mixes the layer count with these differences.\n")
+                else:
+                    w(f"{k}: same data, split, caps and schedule as the shipped run; only the layer count differs.\n")
     w("## fp32 vs int8\n")
     w(f"- Same block decision on {pct(a['same_block_decision'])} of dev rows, same flag decision on "
       f"{pct(a['same_flag_decision'])}; max |fp32 - int8| = {a['fp32_vs_int8_max_abs_diff']:.4f}, mean "
