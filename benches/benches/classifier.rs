@@ -6,9 +6,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use vallum::{Firewall, Policy};
 
 fn prompt(tokens: usize) -> String {
-    // One word-piece per word for these common words; two of the tokens are [CLS]/[SEP].
-    let words = ["please", "summarise", "the", "meeting", "notes", "for", "our", "team", "today", "and"];
-    (0..tokens.saturating_sub(2)).map(|i| words[i % words.len()]).collect::<Vec<_>>().join(" ")
+    vallum_benches::prompt_of_tokens(tokens)
 }
 
 fn classifier(c: &mut Criterion) {

@@ -10,8 +10,7 @@ use std::time::Instant;
 use vallum::{Firewall, Policy};
 
 fn prompt(tokens: usize) -> String {
-    let words = ["please", "summarise", "the", "meeting", "notes", "for", "our", "team", "today", "and"];
-    (0..tokens.saturating_sub(2)).map(|i| words[i % words.len()]).collect::<Vec<_>>().join(" ")
+    vallum_benches::prompt_of_tokens(tokens)
 }
 
 fn peak_rss_mib() -> f64 {
@@ -59,7 +58,7 @@ fn main() {
         let w = fw.scan_prompt(&t).classifier.map(|c| c.windows).unwrap_or(0);
         println!("{n:>8} {:>10.2} {:>10.2} {w:>10}", pct(&mut v, 0.5), pct(&mut v, 0.99));
     }
-    let batch: Vec<String> = (0..256).map(|i| format!("{} {i}", prompt(128))).collect();
+    let batch: Vec<String> = (0..256).map(|i| format!("{} {i}", prompt(127))).collect(); // 128 tokens with the number
     let s = Instant::now();
     let out = fw.scan_prompts(&batch);
     let secs = s.elapsed().as_secs_f64();

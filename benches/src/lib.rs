@@ -100,3 +100,29 @@ fn plant(base: String, items: &[&str]) -> String {
     out.push_str(&base[pos..]);
     out
 }
+
+/// A benign prompt that the shipped classifier's tokenizer turns into exactly `tokens` tokens,
+/// [CLS] and [SEP] included (`tokens >= 3`). Panics if the tokenizer file is missing or the count
+/// is off: a benchmark labelled "128 tokens" must run 128 tokens (an earlier version used a
+/// word that splits into two word-pieces and ran 154).
+pub fn prompt_of_tokens(tokens: usize) -> String {
+    let words = ["please", "review", "the", "meeting", "notes", "for", "our", "team", "today", "and"];
+    let text = (0..tokens.saturating_sub(2)).map(|i| words[i % words.len()]).collect::<Vec<_>>().join(" ");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/vallum-pi-minilm/tokenizer.json");
+    let mut tok = tokenizers::Tokenizer::from_file(path).expect("models/vallum-pi-minilm/tokenizer.json");
+    tok.with_padding(None);
+    tok.with_truncation(None).expect("no truncation");
+    let n = tok.encode(text.as_str(), true).expect("tokenize").get_ids().len();
+    assert_eq!(n, tokens, "prompt_of_tokens({tokens}) tokenizes to {n} tokens");
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn prompts_have_the_labelled_token_counts() {
+        for n in [16, 127, 128, 512] {
+            assert!(!super::prompt_of_tokens(n).is_empty());
+        }
+    }
+}
