@@ -154,7 +154,9 @@ def write_model_card(out_dir, m):
     w("| source | licence / attribution | label | train side | dev | used in training |\n|---|---|---|---|---|---|")
     for r in m["split"]:
         lic = LICENCES.get(r["source"], HN_DESC.get(r["source"], ""))
-        if r["source"].startswith("hn_"):
+        if r["source"] == "hn_smalltalk":
+            lic = "synthetic, written for Vallum (`smalltalk_negatives` in models/train.py); training only, never in dev"
+        elif r["source"].startswith("hn_"):
             lic = "machine-local hard negative (not redistributed, see below)"
         w(f"| {r['source']} | {lic} | {r['label']} | {r['train_side']} | {r['dev']} | {r['used']} |")
     w("")
@@ -168,6 +170,13 @@ def write_model_card(out_dir, m):
     w("\nTheir licences are those of the Python standard library (PSF), of each installed package, of Debian's "
       "documentation and of each gettext catalogue; only the learnt weights derive from them. The exact set depends "
       "on what is installed, so a retrain on another machine draws a slightly different hard-negative set.\n")
+    if any(r["source"] == "hn_smalltalk" for r in m["split"]):
+        w("### Synthetic chat openers (label 0, training only)\n")
+        w("`hn_smalltalk`: greetings, thanks and small talk, alone or before an ordinary request, often addressing "
+          "the assistant by name (\"Hello ChatGPT, please write a poem about spring\"), combined from word lists "
+          "written for this project. A model trained without them scored such openers 0.6-0.95 (many jailbreaks "
+          "open with a greeting to the model). They are added after the split, so dev rows and dev numbers are "
+          "unaffected by them; the leave-one-source-out runs do not use them.\n")
     w("### Split\n")
     w("Union-find over: identical normalised text (NFKC, lowercase, whitespace folded); MinHash-LSH (64 permutations, "
       "16 bands) candidates on word 3-gram shingles with exact Jaccard >= 0.5 (texts of 6+ words); template families "

@@ -357,6 +357,70 @@ def collect_hard_negatives(seed, caps, exclude_norm: set):
     return out
 
 
+def smalltalk_negatives(seed, n, exclude_norm: set):
+    """Synthetic benign chat openers (label 0, source `hn_smalltalk`), written for this project:
+    greetings, thanks and small talk, alone or before an ordinary request, often addressing the
+    assistant by name. The first int8 model trained on every attack-rich row flagged "hello
+    there, how are you doing today?" and "Hello ChatGPT, please write a poem about spring."
+    (many jailbreaks open with a greeting to the model), so these are training-only hard
+    negatives: they are added after the split and never enter dev, so dev numbers stay
+    comparable across models."""
+    rng = random.Random(seed + 17)
+    names = ["", "", "", " ChatGPT", " chatgpt", " assistant", " Claude", " Gemini", " bot", " there", " friend",
+             " AI", " Copilot", " everyone", " team"]
+    greet = ["hi", "hello", "hey", "hiya", "good morning", "good afternoon", "good evening", "greetings", "yo",
+             "howdy", "hi again", "hello again", "morning", "dear assistant,", "ok", "so", "um hi", "heya"]
+    talk = ["how are you?", "how are you doing today?", "how's it going?", "what's up?", "nice to meet you.",
+            "hope you're having a good day.", "thanks a lot, that was really helpful!", "thank you so much!",
+            "that worked, thanks.", "great answer, thanks!", "I have a quick question.", "can I ask you something?",
+            "long time no see!", "how was your day?", "are you there?", "I'm back.", "sorry to bother you again.",
+            "you were a big help yesterday.", "happy friday!", "merry christmas!", "I hope this is the right place to ask."]
+    asks = ["please write a poem about spring", "can you help me plan a birthday dinner for six",
+            "what's a good recipe for banana bread", "could you summarise this article for me",
+            "can you recommend a good book about history", "help me write a cover letter for a nursing job",
+            "what is the capital of Australia", "explain how photosynthesis works in simple words",
+            "can you translate 'good night' into Spanish", "what should I pack for a weekend in Lisbon",
+            "give me three ideas for a team-building activity", "how do I make my tomato plants grow faster",
+            "can you check the grammar of this paragraph", "write a short story about a lost cat",
+            "what's the difference between a virus and a bacterium", "suggest a name for my bakery",
+            "how long should I boil an egg", "help me understand compound interest",
+            "can you make a workout plan for beginners", "what are some fun things to do in Tokyo",
+            "please proofread my email to my landlord", "can you explain what an API is",
+            "write a haiku about the ocean", "what's a polite way to decline an invitation",
+            "tell me a fun fact about octopuses", "how can I improve my sleep",
+            "draft a thank-you note for my coworkers", "what's the best way to learn Python",
+            "can you help me with my math homework", "give me a packing list for camping",
+            "how do I reset my router", "can you explain the rules of chess", "write a limerick about a dog",
+            "recommend a movie for a rainy evening", "what does 'carpe diem' mean",
+            "help me plan a budget for this month", "can you tell me a joke", "how do I change a flat tire",
+            "what's the weather usually like in Rome in May", "summarize the plot of Pride and Prejudice"]
+    ends = ["", "?", ".", "!", " please", " please?", " :)", " thanks!", " thank you."]
+    out, seen = [], set(exclude_norm)
+    tries = 0
+    while len(out) < n and tries < n * 50:
+        tries += 1
+        g = rng.choice(greet) + rng.choice(names)
+        parts = [g[0].upper() + g[1:] if rng.random() < 0.6 else g]
+        mode = rng.random()
+        if mode < 0.35:
+            parts.append(rng.choice(talk))
+        elif mode < 0.8:
+            a = rng.choice(asks)
+            parts.append((a[0].upper() + a[1:] if rng.random() < 0.5 else a) + rng.choice(ends))
+        else:
+            parts.append(rng.choice(talk))
+            parts.append(rng.choice(asks) + rng.choice(ends))
+        sep = rng.choice([", ", "! ", ". ", " ", "\n"])
+        text = parts[0] + sep + " ".join(parts[1:])
+        k = norm_text(text)
+        if k in seen:
+            continue
+        seen.add(k)
+        out.append({"text": text, "label": 0, "source": "hn_smalltalk", "category": "synthetic", "meta": "hn:smalltalk",
+                    "non_en": False, "dev": False, "cluster": "smalltalk"})
+    return out
+
+
 # ---------------------------------------------------------------- clustering
 
 class UF:
@@ -653,6 +717,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--cap", action="append", default=[],
                     help="SOURCE=N: at most N training rows from SOURCE (defaults below)")
+    ap.add_argument("--smalltalk", type=int, default=1500,
+                    help="synthetic benign chat openers added to training only (0 = none)")
     ap.add_argument("--max-steps", type=int, default=None, help="smoke tests only")
     ap.add_argument("--loso", default="jailbreakbench_artifacts,multilingual_prompt_injections,spikee,latent_jailbreak")
     ap.add_argument("--loso-layers", type=int, default=1)
@@ -714,6 +780,10 @@ def main():
     assert not ({norm_text(r["text"]) for r in dev} & {norm_text(r["text"]) for r in train_all})
     rng = random.Random(args.seed)
     train = subsample(train_all, caps, rng)
+    if args.smalltalk:
+        talk = smalltalk_negatives(args.seed, args.smalltalk, {norm_text(r["text"]) for r in all_rows})
+        train += talk
+        log(f"smalltalk hard negatives (training only): {len(talk)}")
     log(f"split: train {len(train_all)} -> {len(train)} after caps {caps}; dev {len(dev)}")
     split_tab = defaultdict(lambda: [0, 0, 0, 0])
     for r in all_rows:
