@@ -416,7 +416,14 @@ impl Firewall {
         }
         let mut normalized: Option<String> = None;
         let mut folded: Option<String> = None;
-        let score_view = policy.score_normalized_view && flags.any_obfuscation();
+        // Only evasions that the canonical (or despaced) view undoes make it worth a second
+        // inference: with leetspeak or encoded spans alone that view tokenises like the text.
+        let undone = flags.invisible_chars > 0
+            || flags.bidi_controls > 0
+            || flags.tag_chars > 0
+            || flags.homoglyphs > 0
+            || flags.letter_spacing;
+        let score_view = policy.score_normalized_view && undone;
         if score_view || !text.is_ascii() {
             // The canonical view undoes invisible characters, look-alikes, styled letters and
             // spacing.

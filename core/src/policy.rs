@@ -240,7 +240,8 @@ pub struct ClassifierPolicy {
     pub intra_threads: usize,
     /// Windows per ONNX batch (default 16).
     pub batch_size: usize,
-    /// Also score the normalised view when obfuscation was seen (default true).
+    /// Also score the normalised view when an evasion it undoes was seen: invisible, bidi or tag
+    /// characters, look-alikes, letter spacing (default true). Costs a second inference then.
     pub score_normalized_view: bool,
 }
 
