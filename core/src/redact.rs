@@ -971,7 +971,8 @@ impl Utf8Stream {
 /// `-----BEGIN … PRIVATE KEY-----` block until its END line (up to 64 KiB, after which the
 /// partial block is redacted). It emits only up to the start of a whitespace-delimited token that
 /// no detector match (accepted or rejected) spans, so the output equals redacting the whole
-/// stream at once (property-tested), except inside single tokens longer than 16 KiB.
+/// stream at once (property-tested), except inside single tokens, or chains of overlapping
+/// detector matches, longer than 16 KiB: the cut then moves back at most 16 KiB.
 /// Call [`StreamRedactor::finish`] at the end of the stream.
 /// Findings carry offsets in the whole stream.
 #[derive(Debug)]
@@ -1055,26 +1056,34 @@ impl StreamRedactor {
         // both sides see the same neighbours for the detectors' boundary checks, and (b) crosses
         // no detector match, accepted or rejected (a finding must not be split, and a rejected
         // match must not be cut into an accepted one). Each step only moves the cut back.
+        // The cut never moves back more than MAX_TOKEN_HOLD bytes this way, so what is held
+        // back stays bounded even when matches chain across tokens (then a long run of them may
+        // be split, like a single token over 16 KiB).
+        let mut floor = cut.saturating_sub(MAX_TOKEN_HOLD);
+        while !b.is_char_boundary(floor) {
+            floor -= 1;
+        }
         let mut raw = Vec::new();
         self.fw.redactor().candidates_gated(b, true, Some(&mut raw));
+        raw.retain(|&(s, e)| e > floor && s < cut);
         loop {
             let before = cut;
             let mut t = cut;
-            while t > 0 && cut - t <= MAX_TOKEN_HOLD {
+            while t > floor {
                 match b[..t].chars().next_back() {
                     Some(c) if !c.is_whitespace() => t -= c.len_utf8(),
                     _ => break,
                 }
             }
-            if cut - t <= MAX_TOKEN_HOLD {
+            if t > floor || t == 0 || b[..t].ends_with(char::is_whitespace) {
                 cut = t;
             }
             for &(s, e) in &raw {
                 if s < cut && e > cut {
-                    cut = s;
+                    cut = s.max(floor);
                 }
             }
-            if cut == before {
+            if cut == before || cut == floor {
                 return cut;
             }
         }

@@ -132,3 +132,18 @@ fn streaming_equals_whole_nested_assignment() {
     out.push_str(&s.finish());
     assert_eq!(out, whole.text);
 }
+
+/// Review finding: rejected card-like matches that start on the last digit of each token chained
+/// the cut back to the start of the line, so nothing was emitted and every push rescanned the
+/// whole stream. What is held back must stay bounded (line holdback + 16 KiB token hold).
+#[test]
+fn stream_holdback_is_bounded_when_matches_chain() {
+    let mut s = fw().stream_redactor();
+    let mut emitted = s.push("1 ");
+    for _ in 0..3000 {
+        emitted.push_str(&s.push("1234567890123456789 "));
+        assert!(s.pending_bytes() <= 512 + 16 * 1024 + 64, "pending {}", s.pending_bytes());
+    }
+    emitted.push_str(&s.finish());
+    assert!(emitted.len() >= 3000 * 20);
+}
