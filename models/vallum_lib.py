@@ -12,6 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
+from windowing import windows  # noqa: F401  (re-exported: V.windows)
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
@@ -172,32 +174,6 @@ def load_tokenizer(path=None):
     tok.no_padding()
     tok.no_truncation()
     return tok
-
-
-def windows(ids, max_length, stride, max_windows):
-    """Split one encoded text ([CLS] body [SEP]) into model windows.
-
-    body = ids[1:-1]; each window is [CLS] + body[s:s+W] + [SEP] with
-    W = max_length - 2. Starts are 0, stride, 2*stride, ... while the window
-    does not reach the end of body, plus one final window ending exactly at the
-    end of body. If that gives more than max_windows windows, the first
-    max_windows - 1 and the final one are kept. The text's score is the max
-    over its windows.
-    """
-    cls, sep = ids[0], ids[-1]
-    body = ids[1:-1]
-    w = max_length - 2
-    if len(body) <= w:
-        return [list(ids)]
-    starts = []
-    s = 0
-    while s + w < len(body):
-        starts.append(s)
-        s += stride
-    starts.append(len(body) - w)
-    if len(starts) > max_windows:
-        starts = starts[: max_windows - 1] + [starts[-1]]
-    return [[cls] + list(body[s:s + w]) + [sep] for s in starts]
 
 
 def encode_windows(tok, texts, max_length, stride, max_windows):

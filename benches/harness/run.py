@@ -332,21 +332,9 @@ def bench_redaction(R):
 
 # ============================================================== 3. classifier
 
-def windows(ids, max_length, stride, max_windows):
-    cls, sep, body, w = ids[0], ids[-1], ids[1:-1], max_length - 2
-    if len(body) <= w:
-        return [list(ids)]
-    starts, s = [], 0
-    while s + w < len(body):
-        starts.append(s)
-        s += stride
-    starts.append(len(body) - w)
-    if len(starts) > max_windows:
-        starts = starts[: max_windows - 1] + [starts[-1]]
-    return [[cls] + list(body[s:s + w]) + [sep] for s in starts]
-
-
 def bench_classifier(R, sizes, iters):
+    sys.path.insert(0, str(REPO / "models"))
+    import windowing  # the engine's windowing, shared with models/vallum_lib.py
     import numpy as np
     import onnxruntime as ort
     from tokenizers import Tokenizer
@@ -417,7 +405,7 @@ def bench_classifier(R, sizes, iters):
     sess = ort.InferenceSession(str(MODEL_DIR / "model.onnx"), so, providers=["CPUExecutionProvider"])
 
     def ort_score(x):
-        ws = windows(tok.encode(x).ids, cfg["max_length"], cfg["window_stride"], cfg["max_windows"])
+        ws = windowing.windows(tok.encode(x).ids, cfg["max_length"], cfg["window_stride"], cfg["max_windows"])
         by_len = {}
         for w in ws:
             by_len.setdefault(len(w), []).append(w)
