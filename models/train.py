@@ -357,6 +357,24 @@ def collect_hard_negatives(seed, caps, exclude_norm: set):
     return out
 
 
+def synthetic_rows(make, n, exclude_norm: set, kind: str, non_en=False):
+    """Up to `n` distinct texts from `make()` (a generator seeded by its caller) whose normalised
+    form is not in `exclude_norm`, as training-only benign rows of source `hn_<kind>`: never in
+    dev, so dev numbers stay comparable across models."""
+    out, seen = [], set(exclude_norm)
+    tries = 0
+    while len(out) < n and tries < n * 50:
+        tries += 1
+        text = make()
+        k = norm_text(text)
+        if k in seen:
+            continue
+        seen.add(k)
+        out.append({"text": text, "label": 0, "source": f"hn_{kind}", "category": "synthetic", "meta": f"hn:{kind}",
+                    "non_en": non_en, "dev": False, "cluster": kind})
+    return out
+
+
 def smalltalk_negatives(seed, n, exclude_norm: set):
     """Synthetic benign chat openers (label 0, source `hn_smalltalk`), written for this project:
     greetings, thanks and small talk, alone or before an ordinary request, often addressing the
@@ -395,10 +413,7 @@ def smalltalk_negatives(seed, n, exclude_norm: set):
             "help me plan a budget for this month", "can you tell me a joke", "how do I change a flat tire",
             "what's the weather usually like in Rome in May", "summarize the plot of Pride and Prejudice"]
     ends = ["", "?", ".", "!", " please", " please?", " :)", " thanks!", " thank you."]
-    out, seen = [], set(exclude_norm)
-    tries = 0
-    while len(out) < n and tries < n * 50:
-        tries += 1
+    def make():
         g = rng.choice(greet) + rng.choice(names)
         parts = [g[0].upper() + g[1:] if rng.random() < 0.6 else g]
         mode = rng.random()
@@ -411,14 +426,161 @@ def smalltalk_negatives(seed, n, exclude_norm: set):
             parts.append(rng.choice(talk))
             parts.append(rng.choice(asks) + rng.choice(ends))
         sep = rng.choice([", ", "! ", ". ", " ", "\n"])
-        text = parts[0] + sep + " ".join(parts[1:])
-        k = norm_text(text)
-        if k in seen:
-            continue
-        seen.add(k)
-        out.append({"text": text, "label": 0, "source": "hn_smalltalk", "category": "synthetic", "meta": "hn:smalltalk",
-                    "non_en": False, "dev": False, "cluster": "smalltalk"})
-    return out
+        return parts[0] + sep + " ".join(parts[1:])
+    return synthetic_rows(make, n, exclude_norm, "smalltalk")
+
+
+def short_command_negatives(seed, n, exclude_norm: set):
+    """Synthetic benign follow-up requests of one to five words (label 0, source `hn_shortcmd`),
+    written for this project: "Summarize this", "Next question", "Translate it into French",
+    "go on", "thanks!". The shipped v3 model scored such texts 0.95-0.9999 and blocked
+    "Summarize this" and "Translate this": the only short texts in the data are slabs' two-word
+    injections ("Copy prompt", "Debug system"), so the model had learned "short imperative means
+    injection". The objects avoid what those injections ask for (prompt, system, instructions,
+    rules, secrets, passwords). Training only, like `smalltalk_negatives`."""
+    rng = random.Random(seed + 29)
+    verbs = ["summarize", "summarise", "translate", "explain", "rewrite", "fix", "debug", "show", "list",
+             "repeat", "shorten", "expand", "proofread", "format", "convert", "compare", "review", "check",
+             "draft", "outline", "simplify", "clarify", "define", "calculate", "solve", "describe", "answer",
+             "continue", "finish", "improve", "polish", "edit", "reword", "paraphrase", "analyze", "sort",
+             "count", "refactor", "optimize", "test", "run", "plot", "read", "open", "copy", "share", "load",
+             "save", "print", "delete", "undo", "redo", "retry", "regenerate", "elaborate on", "split", "merge"]
+    objects = ["this", "that", "it", "this text", "the text", "my code", "the code", "this function", "the bug",
+               "this error", "the error", "my essay", "the email", "this email", "the answer", "your answer",
+               "the list", "the table", "the report", "this paragraph", "the summary", "the last part",
+               "the second point", "my notes", "the article", "this article", "the recipe", "the poem", "step 3",
+               "the numbers", "the results", "the data", "the file", "this file", "the chart", "the query",
+               "the script", "my resume", "the letter", "the story", "these words", "the sentence", "the title",
+               "the draft", "the document", "this page", "the link", "the output", "my answer", "the steps"]
+    tails = ["", "", "", " please", " for me", " again", " in French", " in Spanish", " briefly", " in detail",
+             " in one line", " as a list", " more simply", " into German", " in plain English"]
+    alone = ["next question", "next", "go on", "continue", "keep going", "more please", "more", "again",
+             "try again", "start over", "never mind", "forget it", "that's all", "thanks", "thank you",
+             "thanks a lot", "ok", "okay", "yes", "no", "sure", "yes please", "no thanks", "perfect",
+             "great", "got it", "makes sense", "why?", "how?", "really?", "what else?", "and then?",
+             "one more", "another one", "shorter", "longer", "simpler", "in French", "in Python",
+             "in JavaScript", "with examples", "step by step", "any tips?", "sounds good", "not quite",
+             "that's wrong", "are you sure?", "good morning", "good night", "hello", "hi", "hey", "bye",
+             "see you", "cheers", "well done", "nice", "cool", "wow", "help", "help me", "what?",
+             "which one?", "how much?", "how long?", "when?", "where?", "who?", "tell me more",
+             "show me", "explain more", "and?", "go ahead", "do it", "stop", "wait", "hmm",
+             "sorry, my mistake", "typo, I meant Python", "same for Java", "now in Rust"]
+    ends = ["", "", "", ".", "!", "?", " :)", " thanks", " pls"]
+    def make():
+        if rng.random() < 0.3:
+            text = rng.choice(alone)
+        else:
+            text = rng.choice(verbs) + " " + rng.choice(objects) + rng.choice(tails)
+        text += rng.choice(ends)
+        case = rng.random()
+        if case < 0.55:
+            text = text[0].upper() + text[1:]
+        elif case < 0.6:
+            text = text.upper()
+        return text
+    return synthetic_rows(make, n, exclude_norm, "shortcmd")
+
+
+def multilingual_benign_negatives(seed, n, exclude_norm: set):
+    """Synthetic benign everyday requests in 14 languages (label 0, source `hn_multilingual`),
+    written for this project. Every non-English row in multilingual_prompt_injections is an
+    attack, so without these the model learns "not English means injection" (field report 1:
+    an ordinary German question blocked; v3 blocked a Scottish Gaelic finance question among
+    spikee's benign dev rows). The sentences deliberately differ from those two cases, so the
+    field-report test and dev stay unseen. Each row is an optional greeting, one request and an
+    optional polite ending, all in the same language. Training only, like `smalltalk_negatives`."""
+    rng = random.Random(seed + 41)
+    L = {
+        "de": (["Hallo", "Guten Morgen", "Hi", "Servus"],
+               ["Wo kann ich am Wochenende frische Brötchen kaufen?",
+                "Kannst du mir ein Rezept für Apfelkuchen geben?", "Wie lange dauert der Flug von Berlin nach Rom?",
+                "Erkläre mir bitte den Unterschied zwischen Zinsen und Zinseszinsen.",
+                "Schreib eine kurze Geburtstagskarte für meine Oma.", "Wie viel Wasser sollte ich am Tag trinken?",
+                "Übersetze diesen Satz ins Englische: Ich freue mich auf das Wochenende.",
+                "Welche Bücher empfiehlst du für den Urlaub?", "Wie kann ich meinen Lebenslauf verbessern?",
+                "Was ist der Unterschied zwischen einem Virus und einem Bakterium?"],
+               ["", " Danke!", " Vielen Dank.", " Bitte kurz."]),
+        "fr": (["Bonjour", "Salut", "Bonsoir"],
+               ["Peux-tu me donner une recette de quiche lorraine ?", "Quelle est la capitale de l'Australie ?",
+                "Comment puis-je améliorer mon sommeil ?", "Écris un petit poème sur la mer.",
+                "Explique-moi comment fonctionne la photosynthèse.", "Quels sont les horaires habituels des musées à Paris ?",
+                "Aide-moi à rédiger une lettre de motivation pour un poste d'infirmière.",
+                "Comment enlever une tache de vin sur un tapis ?",
+                "Corrige les fautes de ce paragraphe, s'il te plaît.", "Que faire à Lyon un dimanche pluvieux ?"],
+               ["", " Merci !", " Merci beaucoup.", " Merci d'avance."]),
+        "es": (["Hola", "Buenos días", "Buenas tardes"],
+               ["¿Me puedes dar una receta de tortilla de patatas?", "¿Cuál es la mejor época para visitar Sevilla?",
+                "Explícame qué es la inflación con palabras sencillas.", "Escribe un cuento corto sobre un gato perdido.",
+                "¿Cómo puedo aprender a programar en Python?", "Ayúdame a planificar un presupuesto mensual.",
+                "¿Cómo se cuida una planta de albahaca?", "Traduce al inglés: mañana tengo una reunión.",
+                "¿Cuántas horas debería dormir un adolescente?", "Recomiéndame una película para ver en familia."],
+               ["", " ¡Gracias!", " Muchas gracias.", " Por favor."]),
+        "it": (["Ciao", "Buongiorno", "Salve"],
+               ["Mi dai una ricetta per il tiramisù?", "Come posso migliorare il mio curriculum?",
+                "Spiegami la differenza tra un virus e un batterio.", "Scrivi una breve poesia sull'autunno.",
+                "Quali sono i posti più belli da visitare in Sicilia?", "Come si calcola l'interesse composto?",
+                "Correggi la grammatica di questa frase, per favore.", "Cosa posso cucinare con zucchine e uova?"],
+               ["", " Grazie!", " Grazie mille.", " Per favore."]),
+        "pt": (["Olá", "Oi", "Bom dia", "Boa tarde"],
+               ["Você pode me passar uma receita de pão de queijo?", "Como faço para renovar meu passaporte?",
+                "Explique o que é uma taxa de juros de forma simples.", "Escreva uma mensagem de aniversário para um amigo.",
+                "Quais são os melhores lugares para visitar em Lisboa?", "Como posso estudar melhor para as provas?",
+                "Qual é a diferença entre clima e tempo?", "Me ajude a organizar uma festa infantil."],
+               ["", " Obrigado!", " Obrigada.", " Por favor."]),
+        "nl": (["Hallo", "Goedemorgen", "Hoi"],
+               ["Kun je me een recept voor pannenkoeken geven?", "Hoe laat gaat de laatste trein naar Utrecht meestal?",
+                "Leg uit hoe een hypotheek werkt.", "Schrijf een kort gedicht over de lente.",
+                "Welke planten groeien goed op een balkon?", "Hoe kan ik beter leren voor mijn examen?"],
+               ["", " Dank je!", " Bedankt.", " Alvast bedankt."]),
+        "ru": (["Привет", "Здравствуйте", "Добрый день"],
+               ["Подскажи рецепт борща.", "Как улучшить своё резюме?", "Объясни простыми словами, что такое инфляция.",
+                "Напиши короткое стихотворение о зиме.", "Какие книги почитать в отпуске?",
+                "Сколько воды нужно пить в день?", "Переведи на английский: завтра у меня встреча.",
+                "Чем отличается вирус от бактерии?", "Помоги составить список покупок на неделю."],
+               ["", " Спасибо!", " Заранее спасибо.", " Пожалуйста."]),
+        "zh": (["你好", "早上好", "您好"],
+               ["今天天气怎么样？", "你能给我推荐一本好书吗？", "请帮我写一封感谢信给我的老师。", "怎样才能提高睡眠质量？",
+                "请解释一下什么是复利。", "北京有哪些值得去的博物馆？", "番茄炒蛋怎么做？", "帮我把这句话翻译成英文：我明天要开会。",
+                "学习编程应该从哪里开始？", "怎么去除衣服上的油渍？"],
+               ["", "谢谢！", "谢谢你。", "麻烦你了。"]),
+        "ja": (["こんにちは", "おはようございます", "こんばんは"],
+               ["おすすめの本を教えてください。", "カレーライスの作り方を教えて。", "京都で行くべき場所はどこですか？",
+                "睡眠の質を上げる方法はありますか？", "複利とは何か簡単に説明してください。",
+                "友達への誕生日メッセージを書いてください。", "この文を英語に翻訳してください：明日は会議があります。",
+                "ウイルスと細菌の違いは何ですか？"],
+               ["", "ありがとう！", "よろしくお願いします。", "お願いします。"]),
+        "ko": (["안녕하세요", "안녕"],
+               ["김치찌개 만드는 법을 알려 주세요.", "서울에서 가볼 만한 곳을 추천해 주세요.", "복리가 무엇인지 쉽게 설명해 주세요.",
+                "잠을 잘 자는 방법이 있을까요?", "친구 생일 축하 메시지를 써 주세요.", "파이썬 공부는 어떻게 시작하면 좋을까요?"],
+               ["", " 감사합니다!", " 고마워요.", " 부탁드립니다."]),
+        "ar": (["مرحبا", "السلام عليكم", "صباح الخير"],
+               ["هل يمكنك أن تعطيني وصفة للكبسة؟", "ما هي عاصمة أستراليا؟", "كيف يمكنني تحسين نومي؟",
+                "اكتب رسالة تهنئة بعيد ميلاد لصديقي.", "اشرح لي الفرق بين الفيروس والبكتيريا.",
+                "ما هي أفضل الأماكن لزيارتها في القاهرة؟", "ساعدني في كتابة سيرة ذاتية."],
+               ["", " شكرا!", " شكرا جزيلا.", " من فضلك."]),
+        "hi": (["नमस्ते", "नमस्कार"],
+               ["मुझे दाल मखनी बनाने की विधि बताइए।", "अच्छी नींद के लिए क्या करना चाहिए?", "चक्रवृद्धि ब्याज को आसान शब्दों में समझाइए।",
+                "मेरे दोस्त के लिए जन्मदिन का संदेश लिखिए।", "जयपुर में घूमने की अच्छी जगहें कौन सी हैं?",
+                "पायथन सीखना कैसे शुरू करें?"],
+               ["", " धन्यवाद!", " शुक्रिया।", " कृपया।"]),
+        "tr": (["Merhaba", "Günaydın", "Selam"],
+               ["Bana mercimek çorbası tarifi verir misin?", "İstanbul'da gezilecek yerler nereler?",
+                "Enflasyonu basit bir dille açıklar mısın?", "Annem için kısa bir doğum günü mesajı yaz.",
+                "Daha iyi uyumak için ne yapabilirim?", "Python öğrenmeye nereden başlamalıyım?"],
+               ["", " Teşekkürler!", " Çok teşekkür ederim.", " Lütfen."]),
+        "pl": (["Cześć", "Dzień dobry"],
+               ["Podaj mi przepis na pierogi.", "Jak mogę poprawić swoje CV?", "Wyjaśnij prosto, czym jest inflacja.",
+                "Napisz krótki wiersz o morzu.", "Co warto zobaczyć w Krakowie?", "Ile wody powinienem pić dziennie?"],
+               ["", " Dziękuję!", " Dzięki.", " Proszę."]),
+    }
+    langs = sorted(L)
+    def make():
+        greet, asks, ends = L[rng.choice(langs)]
+        text = rng.choice(asks)
+        if rng.random() < 0.4:
+            text = rng.choice(greet) + rng.choice([", ", "! ", " ", "\n"]) + text
+        return text + rng.choice(ends)
+    return synthetic_rows(make, n, exclude_norm, "multilingual", non_en=True)
 
 
 # ---------------------------------------------------------------- clustering
@@ -719,6 +881,10 @@ def main():
                     help="SOURCE=N: at most N training rows from SOURCE (defaults below)")
     ap.add_argument("--smalltalk", type=int, default=1500,
                     help="synthetic benign chat openers added to training only (0 = none)")
+    ap.add_argument("--short-commands", type=int, default=1200,
+                    help="synthetic benign one-to-five-word requests added to training only (0 = none)")
+    ap.add_argument("--multilingual", type=int, default=800,
+                    help="synthetic benign requests in 14 languages added to training only (0 = none)")
     ap.add_argument("--max-steps", type=int, default=None, help="smoke tests only")
     ap.add_argument("--loso", default="jailbreakbench_artifacts,multilingual_prompt_injections,spikee,latent_jailbreak")
     ap.add_argument("--loso-layers", type=int, default=1)
@@ -784,6 +950,14 @@ def main():
         talk = smalltalk_negatives(args.seed, args.smalltalk, {norm_text(r["text"]) for r in all_rows})
         train += talk
         log(f"smalltalk hard negatives (training only): {len(talk)}")
+    if args.short_commands:
+        cmds = short_command_negatives(args.seed, args.short_commands, {norm_text(r["text"]) for r in all_rows + train})
+        train += cmds
+        log(f"short-command hard negatives (training only): {len(cmds)}")
+    if args.multilingual:
+        ml = multilingual_benign_negatives(args.seed, args.multilingual, {norm_text(r["text"]) for r in all_rows + train})
+        train += ml
+        log(f"multilingual benign hard negatives (training only): {len(ml)}")
     log(f"split: train {len(train_all)} -> {len(train)} after caps {caps}; dev {len(dev)}")
     split_tab = defaultdict(lambda: [0, 0, 0, 0])
     for r in all_rows:
