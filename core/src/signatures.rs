@@ -21,6 +21,7 @@
 //! `regex` crate (finite automata, linear time in the input: no look-around, no back-references).
 //! A match is kept only if it starts and ends on a word boundary.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
@@ -215,6 +216,8 @@ impl SignatureSet {
         let mut ungated: Vec<u32> = Vec::new();
         for (i, d) in defs.iter().enumerate() {
             let idx = i as u32;
+            // This rule's phrase forms so far (case variants often coincide).
+            let (mut seen_c, mut seen_k) = (HashSet::new(), HashSet::new());
             if d.id.trim().is_empty() {
                 return Err(Error::rule(format!("rules[{i}].id: must not be empty")));
             }
@@ -231,16 +234,19 @@ impl SignatureSet {
                 return Err(Error::rule(format!("rules[{i}] ({}): needs phrases or patterns", d.id)));
             }
             for (j, p) in d.phrases.iter().enumerate() {
-                let c = canonical_phrase(p);
-                if c.is_empty() {
+                if canonical_phrase(p).is_empty() {
                     return Err(Error::rule(format!("rules[{i}].phrases[{j}]: empty after normalisation")));
                 }
-                let k = compact_phrase(p);
-                phrases.push(c);
-                phrase_rule.push(idx);
-                if k.len() >= MIN_COMPACT_PHRASE {
-                    compact.push(k);
-                    compact_rule.push(idx);
+                for v in case_variants(p) {
+                    let (c, k) = (canonical_phrase(&v), compact_phrase(&v));
+                    if seen_c.insert(c.clone()) {
+                        phrases.push(c);
+                        phrase_rule.push(idx);
+                    }
+                    if k.len() >= MIN_COMPACT_PHRASE && seen_k.insert(k.clone()) {
+                        compact.push(k);
+                        compact_rule.push(idx);
+                    }
                 }
             }
             for (j, p) in d.patterns.iter().enumerate() {
@@ -403,6 +409,29 @@ fn build_error(e: &regex_automata::meta::BuildError) -> String {
     }
 }
 
+/// The spellings of a phrase whose canonical forms can differ: as written, in capitals and with
+/// each word capitalised. The canonical view folds a character before lower-casing it, and some
+/// capitals fold where their small letters do not (Cyrillic `К`, `М`, `Т` become `k`, `m`, `t`;
+/// `к`, `м`, `т` stay), so a Cyrillic or Greek phrase needs each form to match text in any of
+/// these cases. For ASCII phrases all three give the same canonical form.
+fn case_variants(p: &str) -> Vec<String> {
+    if p.is_ascii() {
+        return vec![p.to_string()];
+    }
+    let title: String = p
+        .split(' ')
+        .map(|w| {
+            let mut cs = w.chars();
+            match cs.next() {
+                Some(f) => f.to_uppercase().chain(cs).collect::<String>(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    vec![p.to_string(), p.to_uppercase(), title]
+}
+
 /// Rewrites every non-ASCII literal character of a pattern into what the canonical view holds
 /// in its place, so that patterns can be written in their own script. The canonical view folds
 /// each character on its own (NFKC, lower case, Unicode confusable skeleton, see
@@ -534,6 +563,29 @@ fn on_word_boundaries(text: &str, s: usize, e: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cyrillic_phrases_match_in_any_case() {
+        let defs = vec![RuleDef {
+            id: "X-1".into(),
+            category: "deny_list".into(),
+            severity: Severity::High,
+            description: None,
+            phrases: vec!["секретный проект".into()],
+            patterns: vec![],
+        }];
+        let set = SignatureSet::compile(&defs).unwrap();
+        for text in [
+            "про секретный проект",
+            "ПРО СЕКРЕТНЫЙ ПРОЕКТ",
+            "про Секретный Проект",
+        ] {
+            let v = crate::normalize::normalize(text);
+            let mut out = Vec::new();
+            set.scan_view(&v.canonical, ViewKind::Canonical, false, 0, &mut out);
+            assert_eq!(out.len(), 1, "{text}: {:?}", v.canonical.text);
+        }
+    }
 
     #[test]
     fn patterns_in_other_scripts_match_the_canonical_view() {
