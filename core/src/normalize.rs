@@ -600,6 +600,29 @@ pub(crate) fn canonical_phrase(s: &str) -> String {
     normalize(s).canonical.text.trim().to_string()
 }
 
+/// The spellings of a phrase whose canonical forms can differ: as written, in capitals and with
+/// each word capitalised. Used for signature phrases and output deny terms. The canonical view folds a character before lower-casing it, and some
+/// capitals fold where their small letters do not (Cyrillic `К`, `М`, `Т` become `k`, `m`, `t`;
+/// `к`, `м`, `т` stay), so a Cyrillic or Greek phrase needs each form to match text in any of
+/// these cases. For ASCII phrases all three give the same canonical form.
+pub(crate) fn case_variants(p: &str) -> Vec<String> {
+    if p.is_ascii() {
+        return vec![p.to_string()];
+    }
+    let title: String = p
+        .split(' ')
+        .map(|w| {
+            let mut cs = w.chars();
+            match cs.next() {
+                Some(f) => f.to_uppercase().chain(cs).collect::<String>(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    vec![p.to_string(), p.to_uppercase(), title]
+}
+
 /// The compact form of a phrase (letters and digits of its canonical form).
 pub(crate) fn compact_phrase(s: &str) -> String {
     canonical_phrase(s).chars().filter(|c| c.is_alphanumeric()).collect()

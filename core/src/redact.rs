@@ -549,7 +549,9 @@ impl Redactor {
                 AhoCorasickBuilder::new()
                     .ascii_case_insensitive(true)
                     .match_kind(MatchKind::LeftmostLongest)
-                    .build(&p.deny_terms)
+                    // `ascii_case_insensitive` covers ASCII; other scripts get their capital
+                    // and title-case spellings as extra terms.
+                    .build(p.deny_terms.iter().flat_map(|t| crate::normalize::case_variants(t)).collect::<std::collections::BTreeSet<_>>())
                     .map_err(|e| Error::policy(format!("redaction.deny_terms: {e}")))?,
             )
         };

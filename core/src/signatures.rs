@@ -30,7 +30,7 @@ use regex_automata::{Anchored, Input};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::normalize::{canonical_phrase, compact_phrase, View, ViewKind};
+use crate::normalize::{canonical_phrase, case_variants, compact_phrase, View, ViewKind};
 
 /// The default rule pack, written for Vallum (see `core/rules/default.toml`).
 pub const DEFAULT_PACK: &str = include_str!("../rules/default.toml");
@@ -407,29 +407,6 @@ fn build_error(e: &regex_automata::meta::BuildError) -> String {
         Some(se) => se.to_string(),
         None => e.to_string(),
     }
-}
-
-/// The spellings of a phrase whose canonical forms can differ: as written, in capitals and with
-/// each word capitalised. The canonical view folds a character before lower-casing it, and some
-/// capitals fold where their small letters do not (Cyrillic `К`, `М`, `Т` become `k`, `m`, `t`;
-/// `к`, `м`, `т` stay), so a Cyrillic or Greek phrase needs each form to match text in any of
-/// these cases. For ASCII phrases all three give the same canonical form.
-fn case_variants(p: &str) -> Vec<String> {
-    if p.is_ascii() {
-        return vec![p.to_string()];
-    }
-    let title: String = p
-        .split(' ')
-        .map(|w| {
-            let mut cs = w.chars();
-            match cs.next() {
-                Some(f) => f.to_uppercase().chain(cs).collect::<String>(),
-                None => String::new(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ");
-    vec![p.to_string(), p.to_uppercase(), title]
 }
 
 /// Rewrites every non-ASCII literal character of a pattern into what the canonical view holds
