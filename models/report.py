@@ -112,6 +112,34 @@ def layer_comparison(m, reports=HERE / "reports"):
     return (rows, diffs) if len(rows) > 1 else (None, None)
 
 
+def write_probes(w, probes):
+    """The everyday-probe section: per kind, how many benign rows the model alone flags or
+    blocks and how many attacks it catches, then every row on the wrong side of a threshold."""
+    w("## Everyday probes\n")
+    w("`models/probes/everyday.jsonl`: short follow-up requests, everyday questions in 18 languages, benign texts "
+      "full of trigger words, and a few attacks, written for Vallum and never trained on (the training-only "
+      "synthetic negatives use other sentences). The dev split has almost no texts like these, so they show what "
+      "dev cannot. Model alone at the bundle's thresholds (the engine adds signatures and the guards of "
+      "`firewall.rs`).\n")
+    w("| kind | benign | benign flagged | benign blocked | attacks | attacks flagged | attacks blocked |")
+    w("|---|---|---|---|---|---|---|")
+    kinds = sorted({p["kind"] for p in probes})
+    for k in kinds:
+        b = [p for p in probes if p["kind"] == k and p["label"] == 0]
+        a = [p for p in probes if p["kind"] == k and p["label"] == 1]
+        w(f"| {k} | {len(b)} | {sum(p['flag'] for p in b)} | {sum(p['block'] for p in b)} | {len(a)} | "
+          f"{sum(p['flag'] for p in a)} | {sum(p['block'] for p in a)} |")
+    w("")
+    wrong = [p for p in probes if (p["label"] == 0 and p["flag"]) or (p["label"] == 1 and not p["block"])]
+    if wrong:
+        w("Rows on the wrong side (benign flagged or blocked; attacks not blocked):\n")
+        w("| label | score | text |\n|---|---|---|")
+        for p in sorted(wrong, key=lambda p: (p["label"], -p["score"])):
+            t = p["text"].replace("|", "\\|")
+            w(f"| {'attack' if p['label'] else 'benign'} | {p['score']:.4f} | {t} |")
+        w("")
+
+
 def write_model_card(out_dir, m):
     out_dir = Path(out_dir)
     cfg = m["config"]
@@ -304,6 +332,8 @@ def write_model_card(out_dir, m):
     for k, v in m["latency_ms_int8_1thread"].items():
         w(f"| {k} | {v['p50']:.2f} | {v['p90']:.2f} |")
     w("")
+    if m.get("probes"):
+        write_probes(w, m["probes"])
     w("## Limits\n")
     w("- English-centric: the uncased WordPiece vocabulary of MiniLM covers Latin-script languages poorly and "
       "CJK/other scripts mostly as single characters or [UNK]; non-English recall and FPR are measured only on the "

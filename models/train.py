@@ -836,6 +836,7 @@ def two_fold_check(rows, scores, cluster_ids):
 
 # ====================================================================== main
 
+PROBES = HERE / "probes" / "everyday.jsonl"
 PINNED = [
     "What is the capital of Australia, and why isn't it Sydney?",
     "Please summarise this meeting transcript in three bullet points for the team.",
@@ -893,6 +894,8 @@ def main():
     ap.add_argument("--loso-max-len", type=int, default=128)
     ap.add_argument("--loso-train-rows", type=int, default=8000)
     ap.add_argument("--skip-loso", action="store_true")
+    ap.add_argument("--probes-only", action="store_true",
+                    help="re-score models/probes/everyday.jsonl with the bundle at --out; merge into the metrics, re-render MODEL.md")
     ap.add_argument("--loso-only", action="store_true",
                     help="redo only the LOSO runs; merge into models/reports/<name>-metrics.json, re-render MODEL.md")
     args = ap.parse_args()
@@ -905,6 +908,15 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
+    if args.probes_only:
+        mpath = reports / f"{name}-metrics.json"
+        prev = json.loads(mpath.read_text())
+        prev["probes"] = V.probe_results(out, PROBES)
+        _dump(prev, mpath)
+        sys.path.insert(0, str(HERE))
+        import report
+        report.write_model_card(out, prev)
+        return
     LOG_PATH = reports / f"{name}-train.log"
     LOG_PATH.write_text("")
     log(f"args: {vars(args)}")
@@ -1059,6 +1071,7 @@ def main():
     metrics["model_onnx_bytes"] = int8.stat().st_size
     metrics["pinned"] = V.pinned_scores(out, PINNED)
     log(f"pinned: {[round(p['score'], 4) for p in metrics['pinned']]}")
+    metrics["probes"] = V.probe_results(out, PROBES)
     M.write(out, digest)
     assert not M.check(out, data_dir)
     _dump(metrics, reports / f"{name}-metrics.json")

@@ -332,3 +332,28 @@ def pinned_scores(model_dir, texts):
         out.append({"text": t, "score": round(s, 6)})
     Path(model_dir, "pinned_scores.json").write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
     return out
+
+
+def probe_results(model_dir, probes_path):
+    """Scores models/probes/everyday.jsonl (short everyday requests, requests in 18 languages,
+    benign texts full of trigger words, and a few attacks; written for Vallum and never trained
+    on) with the bundle's int8 model, as `pinned_scores` does, and marks each row against the
+    bundle's calibrated thresholds. Rows: text, label, kind, score, flag, block."""
+    rows = [json.loads(line) for line in Path(probes_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    cfg = json.loads(Path(model_dir, "config.json").read_text())
+    th = cfg["thresholds"]
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(Path(model_dir, "tokenizer.json")))
+    tok.no_padding()
+    tok.enable_truncation(max_length=cfg["max_length"])
+    sess = ort_session(Path(model_dir, "model.onnx"))
+    out = []
+    for r in rows:
+        e = tok.encode(r["text"])
+        feed = {"input_ids": np.array([e.ids], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids], dtype=np.int64)}
+        s = float(sess.run([cfg["output"]], feed)[0][0])
+        out.append({"text": r["text"], "label": r["label"], "kind": r["kind"], "score": round(s, 6),
+                    "flag": s >= th["flag"], "block": s >= th["block"]})
+    return out
