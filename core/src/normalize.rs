@@ -351,6 +351,11 @@ impl Builder {
         if ('\u{0300}'..='\u{036F}').contains(&c) {
             return;
         }
+        if ('\u{064B}'..='\u{065F}').contains(&c) || c == '\u{0670}' || c == '\u{0640}' {
+            // Arabic short-vowel marks (harakat) and the tatweel stretch: optional in writing
+            // and free padding for an attacker, dropped like Latin diacritics.
+            return;
+        }
         for d in std::iter::once(c).nfkc() {
             if d.is_ascii() {
                 if d.is_ascii_alphanumeric() {
@@ -600,27 +605,31 @@ pub(crate) fn canonical_phrase(s: &str) -> String {
     normalize(s).canonical.text.trim().to_string()
 }
 
-/// The spellings of a phrase whose canonical forms can differ: as written, in capitals and with
-/// each word capitalised. Used for signature phrases and output deny terms. The canonical view folds a character before lower-casing it, and some
-/// capitals fold where their small letters do not (Cyrillic `К`, `М`, `Т` become `k`, `m`, `t`;
-/// `к`, `м`, `т` stay), so a Cyrillic or Greek phrase needs each form to match text in any of
-/// these cases. For ASCII phrases all three give the same canonical form.
+/// The spellings of a phrase whose canonical forms can differ: as written, in small letters,
+/// in capitals, with each word capitalised and with the first word capitalised. Used for
+/// signature phrases and output deny terms. The canonical view folds a character before
+/// lower-casing it, and some capitals fold where their small letters do not (Cyrillic `К`,
+/// `М`, `Т` become `k`, `m`, `t`; `к`, `м`, `т` stay), so a Cyrillic or Greek phrase needs each
+/// form to match text in any of these cases; the raw-text deny-term matcher is ASCII
+/// case-insensitive only. Mixed case beyond these forms is not covered. ASCII phrases are
+/// returned as written (their case does not change the canonical form). Duplicates removed.
 pub(crate) fn case_variants(p: &str) -> Vec<String> {
     if p.is_ascii() {
         return vec![p.to_string()];
     }
-    let title: String = p
-        .split(' ')
-        .map(|w| {
-            let mut cs = w.chars();
-            match cs.next() {
-                Some(f) => f.to_uppercase().chain(cs).collect::<String>(),
-                None => String::new(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ");
-    vec![p.to_string(), p.to_uppercase(), title]
+    let cap = |w: &str| -> String {
+        let mut cs = w.chars();
+        match cs.next() {
+            Some(f) => f.to_uppercase().chain(cs).collect(),
+            None => String::new(),
+        }
+    };
+    let lower = p.to_lowercase();
+    let title = lower.split(' ').map(cap).collect::<Vec<_>>().join(" ");
+    let mut out = vec![p.to_string(), lower.clone(), p.to_uppercase(), title, cap(&lower)];
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|v| seen.insert(v.clone()));
+    out
 }
 
 /// The compact form of a phrase (letters and digits of its canonical form).
@@ -680,6 +689,8 @@ mod tests {
     fn nfkc_and_diacritics() {
         let v = normalize("ＩＧＮＯＲＥ ïgnöré");
         assert_eq!(v.canonical.text, "ignore ignore");
+        // Arabic harakat and tatweel are dropped too.
+        assert_eq!(normalize("تجاهـــلْ").canonical.text, normalize("تجاهل").canonical.text);
     }
 
     #[test]

@@ -411,69 +411,104 @@ fn build_error(e: &regex_automata::meta::BuildError) -> String {
 
 /// Rewrites every non-ASCII literal character of a pattern into what the canonical view holds
 /// in its place, so that patterns can be written in their own script. The canonical view folds
-/// each character on its own (NFKC, lower case, Unicode confusable skeleton, see
+/// each character on its own (NFKC, Unicode confusable skeleton, then lower case, see
 /// [`crate::normalize`]): Cyrillic `а`, `е`, `о`, `р`, `с` become Latin `a`, `e`, `o`, `p`, `c`,
 /// Arabic alef becomes `l`, and a pattern written as `игнорируй` would otherwise never match.
-/// Folding happens before lower-casing, so a capital can fold where its small letter does not
-/// (`В` becomes `b`, `в` stays `в`): each character becomes the alternation of its own fold and
-/// its capital's. ASCII is left alone (patterns are written lower case). The replacement is a
-/// group, so a quantifier after it applies to all of it; inside a class (`[...]`) only
-/// one-character folds can be substituted, others are kept as written.
+/// A capital can fold where its small letter does not (`В` becomes `b`, `в` stays `в`), so each
+/// character becomes the alternation of the folds of itself, its capital and its small letter.
+///
+/// What is rewritten: literal characters outside classes (each becomes a group, so a quantifier
+/// after it applies to all of it) and single characters inside classes whose folds are single
+/// characters. Left as written: ASCII (patterns are written lower case), escapes (`\x{..}`,
+/// `\p{..}`), class ranges with a non-ASCII end (`[а-я]`: folding the ends would change the
+/// range), group names, and `(?x)` comments; `\w` and `\p{Cyrillic}` see folded text, so
+/// write Cyrillic and Arabic words out rather than as classes.
 fn canonical_pattern(p: &str) -> String {
     if p.is_ascii() {
         return p.to_string();
     }
+    let fold = |c: char| -> String {
+        if c.is_whitespace() {
+            " ".to_string()
+        } else {
+            crate::normalize::normalize(c.encode_utf8(&mut [0; 4])).canonical.text
+        }
+    };
+    let folds_of = |c: char| -> Vec<String> {
+        let mut folds: Vec<String> = vec![fold(c)];
+        let mut add = |cs: &mut dyn Iterator<Item = char>, n: usize| {
+            if n == 1 {
+                if let Some(x) = cs.next() {
+                    let f = fold(x);
+                    if !folds.contains(&f) {
+                        folds.push(f);
+                    }
+                }
+            }
+        };
+        add(&mut c.to_uppercase(), c.to_uppercase().count());
+        add(&mut c.to_lowercase(), c.to_lowercase().count());
+        folds
+    };
+    let cs: Vec<char> = p.chars().collect();
     let mut out = String::with_capacity(p.len() + 16);
-    let mut in_class = false;
-    let mut chars = p.chars();
-    while let Some(c) = chars.next() {
+    // Class nesting depth; position right after an opening `[` or `[^` (where `]` is literal).
+    let mut depth = 0usize;
+    let mut class_start = false;
+    let mut i = 0;
+    while i < cs.len() {
+        let c = cs[i];
+        let at_class_start = std::mem::take(&mut class_start);
         if c == '\\' {
             out.push(c);
-            if let Some(n) = chars.next() {
+            if let Some(&n) = cs.get(i + 1) {
                 out.push(n);
             }
+            i += 2;
             continue;
         }
         if c.is_ascii() {
             match c {
-                '[' => in_class = true,
-                ']' => in_class = false,
+                '[' => {
+                    depth += 1;
+                    class_start = true;
+                    if cs.get(i + 1) == Some(&'^') {
+                        out.push_str("[^");
+                        i += 2;
+                        continue;
+                    }
+                }
+                ']' if depth > 0 && !at_class_start => depth -= 1,
+                '<' if depth == 0 && i >= 2 && cs[i - 1] == 'P' && cs[i - 2] == '?' => {
+                    // (?P<name>: copy the name unchanged.
+                    while i < cs.len() && cs[i] != '>' {
+                        out.push(cs[i]);
+                        i += 1;
+                    }
+                    continue;
+                }
                 _ => {}
             }
             out.push(c);
+            i += 1;
             continue;
         }
-        // The view folds a character as it was written, before lower-casing, and a capital may
-        // fold where its small letter does not (`В` becomes `b`, `в` stays): accept both.
-        let fold = |c: char| -> String {
-            if c.is_whitespace() {
-                " ".to_string()
-            } else {
-                crate::normalize::normalize(c.encode_utf8(&mut [0; 4])).canonical.text
-            }
-        };
-        let mut folds: Vec<String> = vec![fold(c)];
-        for u in c.to_uppercase() {
-            let f = fold(u);
-            if !folds.contains(&f) && c.to_uppercase().count() == 1 {
-                folds.push(f);
-            }
-        }
+        let folds = folds_of(c);
         let single = folds.iter().all(|f| f.chars().count() == 1);
-        if in_class {
-            if single {
-                for f in &folds {
-                    for f in f.chars() {
-                        if matches!(f, '\\' | '[' | ']' | '^' | '-' | '&' | '~') {
-                            out.push('\\');
-                        }
-                        out.push(f);
+        if depth > 0 {
+            let in_range = cs.get(i + 1) == Some(&'-') && cs.get(i + 2).is_some_and(|&n| n != ']')
+                || (i >= 2 && cs[i - 1] == '-' && cs[i - 2] != '[');
+            if single && !in_range {
+                for f in folds.iter().flat_map(|f| f.chars()) {
+                    if matches!(f, '\\' | '[' | ']' | '^' | '-' | '&' | '~') {
+                        out.push('\\');
                     }
+                    out.push(f);
                 }
             } else {
                 out.push(c);
             }
-        } else if single && folds.len() == 1 {
+        } else if folds.len() == 1 && single {
             out.push_str(&regex_syntax::escape(&folds[0]));
         } else {
             out.push_str("(?:");
@@ -485,6 +520,7 @@ fn canonical_pattern(p: &str) -> String {
             }
             out.push(')');
         }
+        i += 1;
     }
     out
 }
@@ -588,8 +624,18 @@ mod tests {
             let view = crate::normalize::normalize(text).canonical.text;
             assert!(re.is_match(&view), "{text}: {view:?}");
         }
-        // Not folded by mistake: a class keeps a character whose fold is several characters.
+        // Not folded by mistake: a class keeps a character whose fold is several characters,
+        // ranges with non-ASCII ends are kept, a `]` right after `[` is a literal.
         assert_eq!(canonical_pattern("[ﬁ]"), "[ﬁ]");
+        assert_eq!(canonical_pattern("[а-я]"), "[а-я]");
+        assert_eq!(canonical_pattern("[]а]x"), "[]a]x");
+        assert_eq!(canonical_pattern("(?P<имя>a)"), "(?P<имя>a)");
+        for pat in ["[а-я]+", "[[:alpha:]в]", "[^в]", "[]в]", "[о-с]", r"\x{0430}", "(?P<имя>в)"] {
+            Regex::new(&canonical_pattern(pat)).unwrap_or_else(|e| panic!("{pat}: {e}"));
+        }
+        // A pattern word written with a capital matches the word in small letters too.
+        let re = Regex::new(&canonical_pattern("Москва")).unwrap();
+        assert!(re.is_match(&crate::normalize::normalize("москва").canonical.text));
     }
 
     #[test]
