@@ -11,7 +11,8 @@
 //! - Unicode tag characters U+E0000–U+E007F ("ASCII smuggling"): counted, and the hidden ASCII
 //!   they spell (U+E0020–U+E007E) is put into the view so that it is matched too;
 //! - Unicode NFKC (UAX #15), then canonical decomposition with Latin combining diacritics
-//!   (U+0300–U+036F) dropped;
+//!   (U+0300–U+036F) dropped; Arabic harakat (U+064B–U+065F, U+0670) and tatweel (U+0640) are
+//!   dropped too;
 //! - confusable folding: non-ASCII characters whose UTS #39 skeleton (via `unicode-security`) is
 //!   ASCII are replaced by it (Cyrillic `а` → `a`); characters whose skeleton is not ASCII are kept;
 //! - lower-casing (full Unicode) and collapsing every whitespace run into one space.
