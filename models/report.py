@@ -44,6 +44,24 @@ HN_DESC = {
 }
 
 
+# Training-only synthetic negatives: generator in train.py, what they are and why.
+SYNTHETIC = {
+    "hn_smalltalk": ("smalltalk_negatives",
+                     "greetings, thanks and small talk, alone or before an ordinary request, often addressing the "
+                     "assistant by name (\"Hello ChatGPT, please write a poem about spring\"). A model trained without "
+                     "them scored such openers 0.6-0.95 (many jailbreaks open with a greeting to the model)."),
+    "hn_shortcmd": ("short_command_negatives",
+                    "follow-up requests of one to five words (\"Summarize this\", \"Next question\", \"go on\"). "
+                    "The previous model blocked \"Translate this\" and \"Summarize this\": the only short texts in "
+                    "the data were two-word injections, so it had learnt that short imperatives are attacks."),
+    "hn_multilingual": ("multilingual_benign_negatives",
+                        "everyday requests in 14 languages (German, French, Spanish, Italian, Portuguese, Dutch, "
+                        "Russian, Chinese, Japanese, Korean, Arabic, Hindi, Turkish, Polish). Every non-English row of "
+                        "multilingual_prompt_injections is an attack, and the previous model blocked ordinary German, "
+                        "Spanish, Russian and Scottish Gaelic questions."),
+}
+
+
 def pct(x):
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
@@ -182,8 +200,8 @@ def write_model_card(out_dir, m):
     w("| source | licence / attribution | label | train side | dev | used in training |\n|---|---|---|---|---|---|")
     for r in m["split"]:
         lic = LICENCES.get(r["source"], HN_DESC.get(r["source"], ""))
-        if r["source"] == "hn_smalltalk":
-            lic = "synthetic, written for Vallum (`smalltalk_negatives` in models/train.py); training only, never in dev"
+        if r["source"] in SYNTHETIC:
+            lic = f"synthetic, written for Vallum (`{SYNTHETIC[r['source']][0]}` in models/train.py); training only, never in dev"
         elif r["source"].startswith("hn_"):
             lic = "machine-local hard negative (not redistributed, see below)"
         w(f"| {r['source']} | {lic} | {r['label']} | {r['train_side']} | {r['dev']} | {r['used']} |")
@@ -198,13 +216,14 @@ def write_model_card(out_dir, m):
     w("\nTheir licences are those of the Python standard library (PSF), of each installed package, of Debian's "
       "documentation and of each gettext catalogue; only the learnt weights derive from them. The exact set depends "
       "on what is installed, so a retrain on another machine draws a slightly different hard-negative set.\n")
-    if any(r["source"] == "hn_smalltalk" for r in m["split"]):
-        w("### Synthetic chat openers (label 0, training only)\n")
-        w("`hn_smalltalk`: greetings, thanks and small talk, alone or before an ordinary request, often addressing "
-          "the assistant by name (\"Hello ChatGPT, please write a poem about spring\"), combined from word lists "
-          "written for this project. A model trained without them scored such openers 0.6-0.95 (many jailbreaks "
-          "open with a greeting to the model). They are added after the split, so dev rows and dev numbers are "
-          "unaffected by them; the leave-one-source-out runs do not use them.\n")
+    synth = [k for k in SYNTHETIC if any(r["source"] == k for r in m["split"])]
+    if synth:
+        w("### Synthetic benign texts (label 0, training only)\n")
+        w("Combined from word lists and sentences written for this project. They are added after the split, so dev "
+          "rows and dev numbers are unaffected by them; the leave-one-source-out runs do not use them.\n")
+        for k in synth:
+            w(f"- `{k}`: {SYNTHETIC[k][1]}")
+        w("")
     w("### Split\n")
     w("Union-find over: identical normalised text (NFKC, lowercase, whitespace folded); MinHash-LSH (64 permutations, "
       "16 bands) candidates on word 3-gram shingles with exact Jaccard >= 0.5 (texts of 6+ words); template families "
@@ -343,6 +362,10 @@ def write_model_card(out_dir, m):
       "best guide to unseen sources.")
     w("- Injection *topics* in benign text (security docs, discussions of prompt injection) can score high; "
       "the per-source FPRs above are on dev data close to the training distribution and will be higher elsewhere.")
+    w("- One- and two-word texts: without context the model cannot tell \"System status\" from \"Forget safety\" "
+      "(both score above block). The engine therefore lets the classifier alone neither flag a text of fewer than "
+      "12 letters and digits nor block a two-word phrase (core/src/firewall.rs, MIN_CLASSIFIER_CHARS and "
+      "PHRASE_MAX_CHARS); signatures still decide on their own.")
     w("- Harmful but plainly worded requests are labelled benign (not injections); this model is not a content-safety "
       "filter.")
     w("- Dynamic int8 quantisation: scores differ slightly from fp32 and with padding; use batch 1 per window.\n")

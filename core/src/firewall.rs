@@ -56,9 +56,10 @@ pub struct ClassifierVerdict {
     pub windows: usize,
     /// `ok`, `unavailable` (model or runtime missing: signatures only), or `skipped`.
     pub status: String,
-    /// True when most of the text's letters are outside the Latin script, which the shipped
-    /// model covers less well; its calibrated score is then discounted (×0.9), so flagging and
-    /// blocking need a more confident model.
+    /// True when most of the text's letters are outside the Latin script (after look-alike and
+    /// styled letters are folded), where the shipped model has less training data: read the
+    /// score with that in mind. Informational: it does not change the decision (see
+    /// `models/vallum-pi-minilm/MODEL.md` for per-language results).
     #[serde(default)]
     pub language_unsupported: bool,
     /// Why the classifier is unavailable (status `unavailable`).
@@ -305,16 +306,18 @@ struct Hit {
 
 const MAX_DECODED_SNIPPET: usize = 200;
 /// Fewer letters and digits than this (in the original text) and the classifier alone cannot
-/// raise the decision above `allow` (one-word greetings scored high in testing). Counted in chars, so that it means the
-/// same for scripts written without spaces.
+/// raise the decision above `allow` ("hello" scored 0.79 with an earlier model), or above
+/// `flag` when the text uses look-alike or styled letters, letter spacing or tag characters
+/// (evasions, not how people write a greeting). Counted in chars, so that it means the same for
+/// scripts written without spaces.
 const MIN_CLASSIFIER_CHARS: usize = 12;
-/// Factor applied to the calibrated classifier score when most letters are outside the Latin
-/// script (`language_unsupported`): such a text needs a more confident model to reach each
-/// threshold (with the shipped model's thresholds and the default policy, blocking needs a
-/// probability of 0.983 instead of 0.969). Chosen on the dev split (349 non-Latin rows): 0.6,
-/// which could never block, lost 90 of 147 non-Latin injections at 1 % FPR and blocked only
-/// 18 % of them; 0.9 blocks 67 % while no non-Latin benign row reaches block (see MODEL.md).
-const UNSUPPORTED_SCRIPT_DISCOUNT: f32 = 0.9;
+/// A Latin-script text of at most two words and fewer letters and digits than this can be
+/// flagged by the classifier alone but not blocked: the shipped model scores two-word requests
+/// such as "System status" and "Reset password" above its block threshold for want of context,
+/// and the training data's two-word injections ("Forget safety") look just like them. On the
+/// dev split this changes no decision at 1 % FPR and moves 9 of 2,771 injections from block to
+/// flag.
+const PHRASE_MAX_CHARS: usize = 24;
 
 impl Firewall {
     /// A builder with the default policy.
@@ -644,18 +647,33 @@ impl Firewall {
         if let Some(c) = &classifier {
             if c.status == "ok" {
                 if let Some(mt) = &self.0.cls_thresholds {
+                    // No discount for non-Latin text (`language_unsupported`): with the model
+                    // trained on benign text in 14 languages it changed no decision on the 188
+                    // non-Latin benign dev rows nor on the everyday probes, and cost 12 non-Latin
+                    // injections at 1 % FPR.
                     let mut cal = calibrate(c.score, mt, t.flag, t.block);
-                    if c.language_unsupported {
-                        // The model covers this script less well: ask for more confidence.
-                        cal *= UNSUPPORTED_SCRIPT_DISCOUNT;
-                    }
-                    let short = text.chars().filter(|c| c.is_alphanumeric()).take(MIN_CLASSIFIER_CHARS).count() < MIN_CLASSIFIER_CHARS;
-                    if short {
-                        // A word or two ("hello"), or nothing but invisible characters, carries
-                        // too little context for the model: it may flag such a text only together
-                        // with a signature. Styled, spaced or leet letters still count as letters
-                        // and digits here, so obfuscation does not shorten a text below the bar.
-                        cal = cal.min((t.flag - 0.01).max(0.0));
+                    let alnum = text.chars().filter(|c| c.is_alphanumeric()).take(PHRASE_MAX_CHARS).count();
+                    let evasive = flags.homoglyphs > 0 || flags.letter_spacing || flags.tag_chars > 0;
+                    // Too little context for the model alone (see MIN_CLASSIFIER_CHARS and
+                    // PHRASE_MAX_CHARS): a word or two may be flagged only with a signature, a
+                    // two-word phrase ("Reset password") or a short text written with evasions may
+                    // be flagged but not blocked.
+                    let cap = if alnum < MIN_CLASSIFIER_CHARS {
+                        if evasive {
+                            t.block
+                        } else {
+                            t.flag
+                        }
+                    } else if alnum < PHRASE_MAX_CHARS
+                        && !c.language_unsupported
+                        && text.split_whitespace().take(3).count() <= 2
+                    {
+                        t.block
+                    } else {
+                        f32::INFINITY
+                    };
+                    if cap.is_finite() {
+                        cal = cal.min((cap - 0.01).max(0.0));
                     }
                     if !matches.is_empty() && matches.iter().all(|m| m.quoted) && reports_text(text) {
                         // Every signature hit sits inside quotes and the text talks about text (a
