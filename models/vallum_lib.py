@@ -313,23 +313,30 @@ def copy_tokenizer(out_dir):
     shutil.copyfile(base_model_dir() / "tokenizer.json", Path(out_dir) / "tokenizer.json")
 
 
-def pinned_scores(model_dir, texts):
-    """Scores as the engine computes them: tokenizer.json, padding off,
-    truncation to max_length (one window), int8 ONNX Runtime, batch 1."""
+def bundle_scorer(model_dir):
+    """A function text -> score as the engine computes it for one window: tokenizer.json,
+    padding off, truncation to max_length, int8 ONNX Runtime, batch 1. Also returns the
+    bundle's config."""
     from tokenizers import Tokenizer
     cfg = json.loads(Path(model_dir, "config.json").read_text())
     tok = Tokenizer.from_file(str(Path(model_dir, "tokenizer.json")))
     tok.no_padding()
     tok.enable_truncation(max_length=cfg["max_length"])
     sess = ort_session(Path(model_dir, "model.onnx"))
-    out = []
-    for t in texts:
+
+    def score(t):
         e = tok.encode(t)
-        ids = np.array([e.ids], dtype=np.int64)
-        feed = {"input_ids": ids, "attention_mask": np.array([e.attention_mask], dtype=np.int64),
+        feed = {"input_ids": np.array([e.ids], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask], dtype=np.int64),
                 "token_type_ids": np.array([e.type_ids], dtype=np.int64)}
-        s = float(sess.run([cfg["output"]], feed)[0][0])
-        out.append({"text": t, "score": round(s, 6)})
+        return float(sess.run([cfg["output"]], feed)[0][0])
+    return score, cfg
+
+
+def pinned_scores(model_dir, texts):
+    """Scores of `texts` by `bundle_scorer`, written to the bundle's pinned_scores.json."""
+    score, _ = bundle_scorer(model_dir)
+    out = [{"text": t, "score": round(score(t), 6)} for t in texts]
     Path(model_dir, "pinned_scores.json").write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
     return out
 
@@ -340,20 +347,11 @@ def probe_results(model_dir, probes_path):
     on) with the bundle's int8 model, as `pinned_scores` does, and marks each row against the
     bundle's calibrated thresholds. Rows: text, label, kind, score, flag, block."""
     rows = [json.loads(line) for line in Path(probes_path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    cfg = json.loads(Path(model_dir, "config.json").read_text())
+    score, cfg = bundle_scorer(model_dir)
     th = cfg["thresholds"]
-    from tokenizers import Tokenizer
-    tok = Tokenizer.from_file(str(Path(model_dir, "tokenizer.json")))
-    tok.no_padding()
-    tok.enable_truncation(max_length=cfg["max_length"])
-    sess = ort_session(Path(model_dir, "model.onnx"))
     out = []
     for r in rows:
-        e = tok.encode(r["text"])
-        feed = {"input_ids": np.array([e.ids], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask], dtype=np.int64),
-                "token_type_ids": np.array([e.type_ids], dtype=np.int64)}
-        s = float(sess.run([cfg["output"]], feed)[0][0])
+        s = score(r["text"])
         out.append({"text": r["text"], "label": r["label"], "kind": r["kind"], "score": round(s, 6),
                     "flag": s >= th["flag"], "block": s >= th["block"]})
     return out
