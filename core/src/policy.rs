@@ -238,7 +238,8 @@ pub struct ClassifierPolicy {
     pub sessions: usize,
     /// Intra-op threads per session (default 1).
     pub intra_threads: usize,
-    /// Windows per ONNX batch (default 16).
+    /// Windows per ONNX batch (default 16); a batch also holds at most 512 tokens (rows x padded
+    /// length), which bounds activation memory for long inputs.
     pub batch_size: usize,
     /// Also score the normalised view when an evasion it undoes was seen: invisible, bidi or tag
     /// characters, look-alikes, letter spacing (default true). Costs a second inference then.
