@@ -99,6 +99,9 @@ def write(R, repo: Path, plots_dir: Path):
     L = []
     L.append(f"# Vallum comparison harness results\n\nGenerated {R['date']} by `python3 benches/harness/run.py` "
              f"(total {R.get('total_s', 0) / 60:.1f} min). Raw numbers: `benches/harness/.work/results.json` (not committed).\n")
+    for rr in R.get("reruns", []):
+        L.append(f"Re-run alone on {rr['date']} (`run.py --only {' '.join(rr['steps'])}`), after a change to what it "
+                 f"measures: {', '.join(rr['steps'])}. Every other section is from the run above.\n")
     L.append("## Machine\n")
     L.append(f"- {m['nproc']} cores (`nproc`), CPU `{m['cpu']}`, {m['mem']} RAM, Linux {m['kernel']}, Python {m['python']}")
     L.append(f"- load average at start {', '.join(f'{x:.1f}' for x in m['loadavg_start'])}, at end "

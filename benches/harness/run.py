@@ -558,6 +558,8 @@ def main_inner(args):
         prev.setdefault("errors", {})
         for k in args.only:
             prev["errors"].pop(k, None)
+        prev["reruns"] = [r for r in prev.get("reruns", []) if set(r["steps"]) - set(args.only)]
+        prev["reruns"].append({"steps": list(args.only), "date": R["date"]})
         R = prev
     T0 = time.time()
     sizes = [16, 128, 512]
