@@ -600,6 +600,23 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        /// Folding never turns a valid pattern into an invalid one: a user's rule would then be
+        /// refused for no fault of theirs.
+        #[test]
+        fn folding_keeps_valid_patterns_valid(parts in proptest::collection::vec(proptest::sample::select(vec![
+            "а", "В", "в", "ы", "Ы", "ﬁ", "ß", "ا", "ـ", "中", "x", " ", "[", "]", "^", "-", "(", ")", "(?:", "|",
+            "?", "*", "+", "{1,2}", "\\b", "\\x{0430}", "\\p{Cyrillic}", "[[:alpha:]", "(?P<им>", ".", "\\]",
+        ]), 0..12)) {
+            let p: String = parts.concat();
+            if regex_syntax::Parser::new().parse(&p).is_ok() {
+                let f = canonical_pattern(&p);
+                proptest::prop_assert!(regex_syntax::Parser::new().parse(&f).is_ok(), "{:?} -> {:?}", p, f);
+            }
+        }
+    }
+
     #[test]
     fn patterns_in_other_scripts_match_the_canonical_view() {
         // Cyrillic and Arabic letters fold to Latin look-alikes in the canonical view; the
