@@ -226,7 +226,9 @@ pub struct ClassifierPolicy {
     pub on_unavailable: Unavailable,
     /// Model bundle folder; default: see `classifier::default_model_dirs`.
     pub model_dir: Option<PathBuf>,
-    /// ONNX Runtime shared library; default: searched (see `classifier::onnx`).
+    /// ONNX Runtime shared library; default: searched (see `classifier::onnx`). When set, the
+    /// file must exist (`runtime_missing` otherwise, no fallback to another library); only one
+    /// runtime is loaded per process, so a later firewall naming another path keeps the first.
     pub runtime_path: Option<PathBuf>,
     /// Override of the model's calibrated probability thresholds.
     pub thresholds: Option<crate::classifier::ModelThresholds>,
@@ -317,8 +319,15 @@ impl Default for Policy {
 
 fn path_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> Error {
     let path = e.path().to_string();
-    let inner = e.inner().to_string();
-    let inner = inner.lines().next().unwrap_or("").trim().to_string();
+    // TOML errors span several lines (position, a source excerpt, then the message): keep the
+    // first and the last, so "invalid type: string, expected f32" is not lost.
+    let full = e.inner().to_string();
+    let mut lines = full.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("").to_string();
+    let inner = match lines.last() {
+        Some(last) if full.lines().count() > 1 && !last.starts_with('|') && !last.ends_with('|') => format!("{first}: {last}"),
+        _ => first,
+    };
     if path.is_empty() || path == "." {
         Error::policy(inner)
     } else {
@@ -474,6 +483,10 @@ mod tests {
         let e = Policy::from_toml("[thresholds]\nblok = 0.5").unwrap_err();
         assert_eq!(e.code(), crate::ErrorCode::PolicyInvalid);
         assert!(e.message().contains("thresholds") && e.message().contains("blok"), "{e}");
+        // TOML says what is wrong too, not only where (same wording as JSON).
+        assert!(e.message().contains("unknown field `blok`"), "{e}");
+        let e = Policy::from_toml("[thresholds]\nblock = \"high\"").unwrap_err();
+        assert!(e.message().starts_with("thresholds.block") && e.message().contains("expected f32"), "{e}");
         let e = Policy::from_json(r#"{"thresholds": {"block": "high"}}"#).unwrap_err();
         assert!(e.message().starts_with("thresholds.block"), "{e}");
         let e = Policy::from_json(r#"{"thresholds": {"block": 1.5}}"#).unwrap_err();

@@ -105,11 +105,11 @@ fn tampered_model_is_refused() {
 
 #[test]
 fn missing_runtime_is_a_typed_error_not_a_panic() {
-    // A path that does not exist is tried first, then the usual search; either way no panic.
-    let r = init_runtime(Some(Path::new("/nonexistent/libonnxruntime.so")));
-    if let Err(e) = r {
-        assert_eq!(e.code(), ErrorCode::RuntimeMissing);
-    }
+    // A runtime_path the policy names must exist, even when another library could be found:
+    // a typed error, no silent fallback, no panic.
+    let e = init_runtime(Some(Path::new("/nonexistent/libonnxruntime.so"))).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::RuntimeMissing);
+    assert!(e.message().contains("runtime_path"), "{}", e.message());
 }
 
 #[test]

@@ -106,6 +106,16 @@ fn runtime_candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
 /// Loads ONNX Runtime once per process (ONNX Runtime allows one environment). Returns the path
 /// it was loaded from. Errors: `runtime_missing` with the places searched.
 pub fn init_runtime(explicit: Option<&Path>) -> Result<PathBuf> {
+    // A path the policy names must exist: falling back to another library would run a version
+    // nobody chose.
+    if let Some(p) = explicit {
+        if !p.is_file() {
+            return Err(Error::new(
+                ErrorCode::RuntimeMissing,
+                format!("classifier.runtime_path: {} is not a file", p.display()),
+            ));
+        }
+    }
     let r = ENV.get_or_init(|| {
         let candidates = runtime_candidates(explicit);
         let mut tried = Vec::new();
@@ -128,7 +138,17 @@ pub fn init_runtime(explicit: Option<&Path>) -> Result<PathBuf> {
         ))
     });
     match r {
-        Ok((p, _)) => Ok(p.clone()),
+        Ok((p, _)) => {
+            if let Some(e) = explicit.filter(|e| *e != p.as_path()) {
+                // One ONNX Runtime per process: the first one loaded stays.
+                tracing::warn!(
+                    "classifier.runtime_path {} ignored: ONNX Runtime is already loaded from {}",
+                    e.display(),
+                    p.display()
+                );
+            }
+            Ok(p.clone())
+        }
         Err(m) => Err(Error::new(ErrorCode::RuntimeMissing, m.clone())),
     }
 }
