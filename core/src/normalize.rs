@@ -609,11 +609,10 @@ pub(crate) fn canonical_phrase(s: &str) -> String {
 
 /// The spellings of a phrase whose canonical forms can differ: as written, in small letters,
 /// in capitals, with each word capitalised and with the first word capitalised. Used for
-/// signature phrases and output deny terms. The canonical view folds a character before
+/// signature phrases (output deny terms use a case-insensitive regex instead). The canonical view folds a character before
 /// lower-casing it, and some capitals fold where their small letters do not (Cyrillic `К`,
 /// `М`, `Т` become `k`, `m`, `t`; `к`, `м`, `т` stay), so a Cyrillic or Greek phrase needs each
-/// form to match text in any of these cases; the raw-text deny-term matcher is ASCII
-/// case-insensitive only. Mixed case beyond these forms is not covered. ASCII phrases are
+/// form to match text in any of these cases. Mixed case beyond these forms is not covered. ASCII phrases are
 /// returned as written (their case does not change the canonical form). Duplicates removed.
 pub(crate) fn case_variants(p: &str) -> Vec<String> {
     if p.is_ascii() {

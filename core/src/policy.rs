@@ -138,7 +138,8 @@ pub struct RedactionPolicy {
     pub default_strategy: Strategy,
     /// Per-entity strategy overrides, e.g. `{ email = "mask" }`.
     pub strategies: BTreeMap<Entity, Strategy>,
-    /// Custom deny terms (matched case-insensitively on word boundaries), redacted as entity
+    /// Custom deny terms (matched case-insensitively on word boundaries: ASCII terms by an
+    /// ASCII-case-insensitive automaton, others by a Unicode `(?i)` regex), redacted as entity
     /// `deny_term`.
     pub deny_terms: Vec<String>,
     /// Minimum Shannon entropy (bits per char) of the value in a `password=`/`api_key=` style

@@ -498,12 +498,20 @@ fn benign_key(key: &str) -> bool {
         || k.starts_with("num_")
 }
 
+/// Compiled size limit of the deny-term regex (non-ASCII terms), in bytes: room for tens of
+/// thousands of terms; beyond it the policy is refused (`policy_invalid`) rather than slow.
+const DENY_REGEX_SIZE_LIMIT: usize = 64 << 20;
+
 /// A compiled redactor (the engine's output side). Immutable and `Send + Sync`.
 #[derive(Debug)]
 pub(crate) struct Redactor {
     enabled: [bool; Entity::ALL.len()],
     strategies: [Strategy; Entity::ALL.len()],
+    /// Deny terms written in ASCII: ASCII-case-insensitive automaton.
     deny: Option<AhoCorasick>,
+    /// Deny terms with other characters: Unicode case-insensitive (`(?i)`) alternation, longest
+    /// first, so "пРоЕкТ" matches "проект" as "PrOjEcT" matches "project".
+    deny_unicode: Option<Regex>,
     canary_re: Option<Regex>,
     canary_fixed: Option<AhoCorasick>,
     min_entropy: f32,
@@ -542,16 +550,28 @@ impl Redactor {
         for (e, s) in &p.strategies {
             strategies[idx(*e)] = *s;
         }
-        let deny = if p.deny_terms.is_empty() {
+        let (ascii_terms, other_terms): (Vec<&String>, Vec<&String>) = p.deny_terms.iter().partition(|t| t.is_ascii());
+        let deny = if ascii_terms.is_empty() {
             None
         } else {
             Some(
                 AhoCorasickBuilder::new()
                     .ascii_case_insensitive(true)
                     .match_kind(MatchKind::LeftmostLongest)
-                    // `ascii_case_insensitive` covers ASCII; other scripts get their capital
-                    // and title-case spellings as extra terms.
-                    .build(p.deny_terms.iter().flat_map(|t| crate::normalize::case_variants(t)).collect::<std::collections::BTreeSet<_>>())
+                    .build(&ascii_terms)
+                    .map_err(|e| Error::policy(format!("redaction.deny_terms: {e}")))?,
+            )
+        };
+        let deny_unicode = if other_terms.is_empty() {
+            None
+        } else {
+            let mut terms = other_terms;
+            terms.sort_by_key(|t| std::cmp::Reverse(t.len()));
+            let alternation = terms.iter().map(|t| regex::escape(t)).collect::<Vec<_>>().join("|");
+            Some(
+                regex::RegexBuilder::new(&format!("(?i:{alternation})"))
+                    .size_limit(DENY_REGEX_SIZE_LIMIT)
+                    .build()
                     .map_err(|e| Error::policy(format!("redaction.deny_terms: {e}")))?,
             )
         };
@@ -568,6 +588,7 @@ impl Redactor {
             enabled,
             strategies,
             deny,
+            deny_unicode,
             canary_re,
             canary_fixed,
             min_entropy: p.secret_min_entropy,
@@ -728,19 +749,19 @@ impl Redactor {
             }
         }
         if self.on(Entity::DenyTerm) {
-            if let Some(ac) = &self.deny {
-                for m in ac.find_iter(text) {
-                    if let Some(r) = raw.as_deref_mut() {
-                        r.push((m.start(), m.end()));
-                    }
-                    let wb = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
-                    let first_w = text[m.start()..].chars().next().is_some_and(|c| c.is_alphanumeric());
-                    let last_w = text[..m.end()].chars().next_back().is_some_and(|c| c.is_alphanumeric());
-                    if (first_w && wb(before(text, m.start()))) || (last_w && wb(after(text, m.end()))) {
-                        continue;
-                    }
-                    out.push(Cand { entity: Entity::DenyTerm, start: m.start(), end: m.end() });
+            let ascii = self.deny.iter().flat_map(|ac| ac.find_iter(text).map(|m| (m.start(), m.end())));
+            let other = self.deny_unicode.iter().flat_map(|re| re.find_iter(text).map(|m| (m.start(), m.end())));
+            for (start, end) in ascii.chain(other) {
+                if let Some(r) = raw.as_deref_mut() {
+                    r.push((start, end));
                 }
+                let wb = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
+                let first_w = text[start..].chars().next().is_some_and(|c| c.is_alphanumeric());
+                let last_w = text[..end].chars().next_back().is_some_and(|c| c.is_alphanumeric());
+                if (first_w && wb(before(text, start))) || (last_w && wb(after(text, end))) {
+                    continue;
+                }
+                out.push(Cand { entity: Entity::DenyTerm, start, end });
             }
         }
         resolve_overlaps(out)
