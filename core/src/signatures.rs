@@ -222,20 +222,20 @@ impl SignatureSet {
                 return Err(Error::rule(format!("rules[{i}].id: must not be empty")));
             }
             if !seen.insert(d.id.clone()) {
-                return Err(Error::rule(format!("rules[{i}].id: duplicate rule id `{}`", d.id)));
+                return Err(Error::rule(format!("rule `{}`: duplicate rule id (rules from every pack and inline share one id space)", d.id)));
             }
             if !valid_name(&d.category) {
                 return Err(Error::rule(format!(
-                    "rules[{i}].category: `{}` must be snake_case ([a-z0-9_]+)",
-                    d.category
+                    "rule `{}`: category `{}` must be snake_case ([a-z0-9_]+)",
+                    d.id, d.category
                 )));
             }
             if d.phrases.is_empty() && d.patterns.is_empty() {
-                return Err(Error::rule(format!("rules[{i}] ({}): needs phrases or patterns", d.id)));
+                return Err(Error::rule(format!("rule `{}`: needs phrases or patterns", d.id)));
             }
             for (j, p) in d.phrases.iter().enumerate() {
                 if canonical_phrase(p).is_empty() {
-                    return Err(Error::rule(format!("rules[{i}].phrases[{j}]: empty after normalisation")));
+                    return Err(Error::rule(format!("rule `{}`: phrases[{j}]: empty after normalisation", d.id)));
                 }
                 for v in case_variants(p) {
                     let (c, k) = (canonical_phrase(&v), compact_phrase(&v));
@@ -260,7 +260,7 @@ impl SignatureSet {
                             .hybrid_cache_capacity(LAZY_DFA_CACHE),
                     )
                     .build(p)
-                    .map_err(|e| Error::rule(format!("rules[{i}].patterns[{j}] ({}): {}", d.id, build_error(&e))))?;
+                    .map_err(|e| Error::rule(format!("rule `{}`: patterns[{j}]: {}", d.id, build_error(&e))))?;
                 let pi = patterns.len() as u32;
                 match prefix_literals(p) {
                     Some(lits) => {
@@ -685,7 +685,7 @@ mod tests {
             patterns: vec![],
         }];
         let e = SignatureSet::compile(&defs).unwrap_err();
-        assert!(e.to_string().contains("rules[0].category"), "{e}");
+        assert!(e.to_string().contains("rule `X-1`: category"), "{e}");
         let defs = vec![RuleDef {
             id: "X-1".into(),
             category: "ok".into(),
@@ -696,7 +696,7 @@ mod tests {
         }];
         let e = SignatureSet::compile(&defs).unwrap_err();
         assert_eq!(e.code(), crate::ErrorCode::RuleInvalid);
-        assert!(e.to_string().contains("rules[0].patterns[0]"), "{e}");
+        assert!(e.to_string().contains("rule `X-1`: patterns[0]"), "{e}");
     }
 
     #[test]
