@@ -195,8 +195,9 @@ pub fn calibrate(p: f32, model: &ModelThresholds, flag: f32, block: f32) -> f32 
 /// Share of letters outside the Latin script (0..1), by the Unicode Script property (UAX #24,
 /// via `unicode-script`; Latin includes IPA and phonetic small capitals): the shipped model's
 /// vocabulary and training data are mostly Latin-script, so above 0.5 the verdict says
-/// `language_unsupported` (information only; it does not change the decision). Pass NFKC-folded text (the canonical view) so that styled letters (mathematical bold,
-/// fullwidth) count as the Latin letters they are.
+/// `language_unsupported` (information only; it does not change the decision). Pass
+/// NFKC-folded text (the canonical view) so that styled letters (mathematical bold, fullwidth)
+/// count as the Latin letters they are.
 pub fn non_latin_share(text: &str) -> f32 {
     use unicode_script::UnicodeScript;
     let mut letters = 0u32;

@@ -421,12 +421,7 @@ impl Firewall {
         let mut folded: Option<String> = None;
         // Only evasions that the canonical (or despaced) view undoes make it worth a second
         // inference: with leetspeak or encoded spans alone that view tokenises like the text.
-        let undone = flags.invisible_chars > 0
-            || flags.bidi_controls > 0
-            || flags.tag_chars > 0
-            || flags.homoglyphs > 0
-            || flags.letter_spacing;
-        let score_view = policy.score_normalized_view && undone;
+        let score_view = policy.score_normalized_view && flags.undone_by_views();
         if score_view || !text.is_ascii() {
             // The canonical view undoes invisible characters, look-alikes, styled letters and
             // spacing.
@@ -653,26 +648,21 @@ impl Firewall {
                     // injections at 1 % FPR.
                     let mut cal = calibrate(c.score, mt, t.flag, t.block);
                     let alnum = text.chars().filter(|c| c.is_alphanumeric()).take(PHRASE_MAX_CHARS).count();
-                    let evasive = flags.homoglyphs > 0 || flags.letter_spacing || flags.tag_chars > 0;
                     // Too little context for the model alone (see MIN_CLASSIFIER_CHARS and
                     // PHRASE_MAX_CHARS): a word or two may be flagged only with a signature, a
-                    // two-word phrase ("Reset password") or a short text written with evasions may
-                    // be flagged but not blocked.
+                    // two-word phrase ("Reset password") or a short text written with disguised
+                    // letters may be flagged but not blocked.
                     let cap = if alnum < MIN_CLASSIFIER_CHARS {
-                        if evasive {
-                            t.block
-                        } else {
-                            t.flag
-                        }
+                        Some(if flags.letters_disguised() { t.block } else { t.flag })
                     } else if alnum < PHRASE_MAX_CHARS
                         && !c.language_unsupported
                         && text.split_whitespace().take(3).count() <= 2
                     {
-                        t.block
+                        Some(t.block)
                     } else {
-                        f32::INFINITY
+                        None
                     };
-                    if cap.is_finite() {
+                    if let Some(cap) = cap {
                         cal = cal.min((cap - 0.01).max(0.0));
                     }
                     if !matches.is_empty() && matches.iter().all(|m| m.quoted) && reports_text(text) {

@@ -60,6 +60,21 @@ impl Flags {
             || !self.encodings.is_empty()
     }
 
+    /// True when the canonical or despaced view undoes an evasion the tokenizer would see:
+    /// invisible, bidi or tag characters, look-alike letters, letter spacing (leetspeak and
+    /// encodings are not among them: the canonical view keeps those as written). The engine
+    /// scores that view with the classifier too.
+    pub(crate) fn undone_by_views(&self) -> bool {
+        self.invisible_chars > 0 || self.bidi_controls > 0 || self.tag_chars > 0 || self.homoglyphs > 0 || self.letter_spacing
+    }
+
+    /// True when the letters themselves were disguised: look-alike or styled letters, letter
+    /// spacing, tag characters. Invisible characters alone do not count (a lone U+200B is not
+    /// a disguised word).
+    pub(crate) fn letters_disguised(&self) -> bool {
+        self.homoglyphs > 0 || self.letter_spacing || self.tag_chars > 0
+    }
+
     pub(crate) fn merge(&mut self, other: &Flags) {
         self.invisible_chars += other.invisible_chars;
         self.bidi_controls += other.bidi_controls;
@@ -532,7 +547,7 @@ fn spaced_runs(text: &str) -> Option<Vec<(usize, usize)>> {
         }
         // One letter: one byte for ASCII, one char for other scripts (a Cyrillic letter is two
         // bytes, and "п о к а ж и" is letter spacing too).
-        if i - s == 1 || (b[s] >= 0x80 && text[s..i].chars().nth(1).is_none()) {
+        if text[s..i].chars().nth(1).is_none() {
             let gap_ok = run_start.is_some() && s - last_end <= 2;
             if !gap_ok {
                 if let (Some(rs), true) = (run_start, run_len >= 4) {
@@ -609,11 +624,12 @@ pub(crate) fn canonical_phrase(s: &str) -> String {
 
 /// The spellings of a phrase whose canonical forms can differ: as written, in small letters,
 /// in capitals, with each word capitalised and with the first word capitalised. Used for
-/// signature phrases (output deny terms use a case-insensitive regex instead). The canonical view folds a character before
-/// lower-casing it, and some capitals fold where their small letters do not (Cyrillic `К`,
-/// `М`, `Т` become `k`, `m`, `t`; `к`, `м`, `т` stay), so a Cyrillic or Greek phrase needs each
-/// form to match text in any of these cases. Mixed case beyond these forms is not covered. ASCII phrases are
-/// returned as written (their case does not change the canonical form). Duplicates removed.
+/// signature phrases (output deny terms use a case-insensitive regex instead). The canonical
+/// view folds a character before lower-casing it, and some capitals fold where their small
+/// letters do not (Cyrillic `К`, `М`, `Т` become `k`, `m`, `t`; `к`, `м`, `т` stay), so a
+/// Cyrillic or Greek phrase needs each form to match text in any of these cases. Mixed case
+/// beyond these forms is not covered. ASCII phrases are returned as written (their case does not
+/// change the canonical form). Duplicates removed.
 pub(crate) fn case_variants(p: &str) -> Vec<String> {
     if p.is_ascii() {
         return vec![p.to_string()];

@@ -434,20 +434,18 @@ fn canonical_pattern(p: &str) -> String {
             crate::normalize::normalize(c.encode_utf8(&mut [0; 4])).canonical.text
         }
     };
+    // The folds of the character, its capital and its small letter (when each is one char).
     let folds_of = |c: char| -> Vec<String> {
         let mut folds: Vec<String> = vec![fold(c)];
-        let mut add = |cs: &mut dyn Iterator<Item = char>, n: usize| {
-            if n == 1 {
-                if let Some(x) = cs.next() {
-                    let f = fold(x);
-                    if !folds.contains(&f) {
-                        folds.push(f);
-                    }
+        for other in [c.to_uppercase().collect::<String>(), c.to_lowercase().collect()] {
+            let mut it = other.chars();
+            if let (Some(x), None) = (it.next(), it.next()) {
+                let f = fold(x);
+                if !folds.contains(&f) {
+                    folds.push(f);
                 }
             }
-        };
-        add(&mut c.to_uppercase(), c.to_uppercase().count());
-        add(&mut c.to_lowercase(), c.to_lowercase().count());
+        }
         folds
     };
     let cs: Vec<char> = p.chars().collect();
