@@ -958,18 +958,17 @@ def main():
     assert not ({norm_text(r["text"]) for r in dev} & {norm_text(r["text"]) for r in train_all})
     rng = random.Random(args.seed)
     train = subsample(train_all, caps, rng)
-    if args.smalltalk:
-        talk = smalltalk_negatives(args.seed, args.smalltalk, {norm_text(r["text"]) for r in all_rows})
-        train += talk
-        log(f"smalltalk hard negatives (training only): {len(talk)}")
-    if args.short_commands:
-        cmds = short_command_negatives(args.seed, args.short_commands, {norm_text(r["text"]) for r in all_rows + train})
-        train += cmds
-        log(f"short-command hard negatives (training only): {len(cmds)}")
-    if args.multilingual:
-        ml = multilingual_benign_negatives(args.seed, args.multilingual, {norm_text(r["text"]) for r in all_rows + train})
-        train += ml
-        log(f"multilingual benign hard negatives (training only): {len(ml)}")
+    # Training-only synthetic negatives, each set deduplicated against the data and the sets
+    # before it (one normalised-text set, extended as they are added).
+    seen_norm = {norm_text(r["text"]) for r in all_rows}
+    for n, make, what in [(args.smalltalk, smalltalk_negatives, "smalltalk"),
+                          (args.short_commands, short_command_negatives, "short-command"),
+                          (args.multilingual, multilingual_benign_negatives, "multilingual benign")]:
+        if n:
+            rows_syn = make(args.seed, n, seen_norm)
+            seen_norm |= {norm_text(r["text"]) for r in rows_syn}
+            train += rows_syn
+            log(f"{what} hard negatives (training only): {len(rows_syn)}")
     log(f"split: train {len(train_all)} -> {len(train)} after caps {caps}; dev {len(dev)}")
     split_tab = defaultdict(lambda: [0, 0, 0, 0])
     for r in all_rows:
