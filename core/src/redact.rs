@@ -7,6 +7,7 @@
 //! boundaries) are replaced by the finding's `replacement`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::{Mutex, OnceLock};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
@@ -116,7 +117,31 @@ impl Entity {
 
     /// Upper-case label used in tags, e.g. `PAYMENT_CARD`.
     pub fn label(self) -> String {
-        self.as_str().to_ascii_uppercase()
+        self.upper().to_string()
+    }
+
+    /// [`Entity::label`] without an allocation.
+    fn upper(self) -> &'static str {
+        match self {
+            Entity::Email => "EMAIL",
+            Entity::Phone => "PHONE",
+            Entity::PaymentCard => "PAYMENT_CARD",
+            Entity::Iban => "IBAN",
+            Entity::UsSsn => "US_SSN",
+            Entity::Ipv4 => "IPV4",
+            Entity::Ipv6 => "IPV6",
+            Entity::AwsAccessKey => "AWS_ACCESS_KEY",
+            Entity::GithubToken => "GITHUB_TOKEN",
+            Entity::OpenaiKey => "OPENAI_KEY",
+            Entity::SlackToken => "SLACK_TOKEN",
+            Entity::StripeKey => "STRIPE_KEY",
+            Entity::GoogleApiKey => "GOOGLE_API_KEY",
+            Entity::Jwt => "JWT",
+            Entity::PrivateKey => "PRIVATE_KEY",
+            Entity::SecretAssignment => "SECRET_ASSIGNMENT",
+            Entity::Canary => "CANARY",
+            Entity::DenyTerm => "DENY_TERM",
+        }
     }
 
     /// Lower number wins when two findings overlap.
@@ -201,25 +226,71 @@ struct Detector {
 /// match the regex alone would find (`gated_equals_ungated` below checks this on random text).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Gate {
-    /// No gate (the regex starts with a literal, which its own prefilter finds quickly).
+    /// No gate.
     None,
+    /// Every match starts with one of these literals (case-sensitive). One Aho-Corasick pass
+    /// over the text (see [`literal_gates`]) answers for every detector and for
+    /// [`Gate::Keywords`], instead of one regex prefilter search per detector.
+    Prefixes(&'static [&'static str]),
     /// Every match consists only of digits and ` .-()+`: run the regex on each maximal run of
-    /// those characters (see [`digit_runs`]) that holds at least this many digits, not on the
-    /// whole text. The count is the fewest digits a match needs to pass its check (card 13,
-    /// SSN 9, phone 7, IPv4 4).
-    DigitRuns(usize),
-    /// A match holds one of the assignment keywords (see [`keyword_gate`]).
+    /// those characters (see [`digit_runs`]) that the [`RunNeed`] admits, not on the whole text.
+    DigitRuns(RunNeed),
+    /// A match holds one of the assignment keywords (see [`KEYWORD_LITERALS`]).
     Keywords,
     /// A match holds two `:` separated by at most four hex digits.
     HexColons,
-    /// A match starts with two ASCII capitals followed by a digit.
-    CapsDigit,
+    /// Every match starts with two ASCII capitals and a digit and consists of `[A-Z0-9 ]` and
+    /// digits: run the regex on each maximal run of those characters that holds such a start
+    /// and at least this many bytes (the shortest match), see [`DigitScan::caps_runs`].
+    CapsRuns(usize),
 }
 
-/// Maximal runs (byte ranges) of digits (`char::is_numeric`: Nd, Nl, No, a superset of the
-/// regexes' `\d`) and ` .-()+` that contain at least one digit, as (start, end, digits).
-/// Every match of a
-/// [`Gate::DigitRuns`] regex lies inside one of them.
+/// A maximal run (byte range `start..end`) of digits (`char::is_numeric`: Nd, Nl, No, a superset
+/// of the regexes' `\d`) and ` .-()+` that contains at least one digit, with counts of what it
+/// holds. Every match of a [`Gate::DigitRuns`] regex lies inside one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct DigitRun {
+    start: usize,
+    end: usize,
+    digits: usize,
+    /// Counts of `-`, `.`, ` `, `+` and `(` in the run.
+    dashes: usize,
+    dots: usize,
+    spaces: usize,
+    plus: usize,
+    parens: usize,
+}
+
+/// What a digit run must hold before a detector's regex is run on it: the fewest digits and
+/// separators any match needs to pass its check. Each is a necessary condition read off the
+/// pattern, so no match is hidden (`gated_equals_ungated` checks this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunNeed {
+    /// Payment card: 13 digits (the shortest card number, ISO/IEC 7812).
+    Card,
+    /// US SSN `ddd-dd-dddd`: 9 digits and 2 dashes.
+    Ssn,
+    /// Phone: 7 digits (the check's minimum) and a `+`, a `(`, a `-`, or two of ` .`
+    /// (the four alternatives of the pattern each need one of these).
+    Phone,
+    /// IPv4 dotted quad: 4 digits and 3 dots.
+    Ipv4,
+    /// A run of [`DigitScan::caps_runs`] at least this many bytes long.
+    Bytes(usize),
+}
+
+impl RunNeed {
+    fn admits(self, r: &DigitRun) -> bool {
+        match self {
+            RunNeed::Card => r.digits >= 13,
+            RunNeed::Ssn => r.digits >= 9 && r.dashes >= 2,
+            RunNeed::Phone => r.digits >= 7 && (r.plus > 0 || r.parens > 0 || r.dashes > 0 || r.dots + r.spaces >= 2),
+            RunNeed::Ipv4 => r.digits >= 4 && r.dots >= 3,
+            RunNeed::Bytes(n) => r.end - r.start >= n,
+        }
+    }
+}
+
 /// Per ASCII byte: 2 = digit, 1 = run separator (` .-()+`), 0 = ends a run.
 const ASCII_RUN_CLASS: [u8; 128] = {
     let mut t = [0u8; 128];
@@ -237,57 +308,175 @@ const ASCII_RUN_CLASS: [u8; 128] = {
     t
 };
 
-fn digit_runs(text: &str) -> Vec<(usize, usize, usize)> {
-    let b = text.as_bytes();
-    let mut runs = Vec::new();
-    let mut start = None;
-    let mut digits = 0;
+/// What one pass over the text finds for the digit gates.
+#[derive(Debug, Default)]
+struct DigitScan {
+    runs: Vec<DigitRun>,
+    /// Maximal runs of `[A-Z0-9 ]` and `char::is_numeric` characters that hold two ASCII
+    /// capitals followed by a digit (where every IBAN starts); only `start` and `end` are set.
+    caps_runs: Vec<DigitRun>,
+}
+
+/// The maximal run of `[A-Z0-9 ]` and numeric characters around byte offset `at`.
+fn caps_run(text: &str, at: usize) -> DigitRun {
+    let in_run = |c: char| c.is_ascii_uppercase() || c.is_ascii_digit() || c == ' ' || (!c.is_ascii() && c.is_numeric());
+    let start = text[..at].char_indices().rev().take_while(|&(_, c)| in_run(c)).last().map_or(at, |(i, _)| i);
+    let end = text[at..].char_indices().find(|&(_, c)| !in_run(c)).map_or(text.len(), |(i, _)| at + i);
+    DigitRun { start, end, ..DigitRun::default() }
+}
+
+/// Index of the first ASCII digit or non-ASCII byte in `b`, tested eight bytes at a time: with
+/// the high bits cleared, adding 0x50 (0x46) to a byte sets its high bit exactly when it is at
+/// least `0` (past `9`), and no sum carries into the next byte.
+fn digit_or_non_ascii(b: &[u8]) -> Option<usize> {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut i = 0;
-    while i < b.len() {
-        // ASCII bytes are classified directly; other characters are decoded.
-        let (len, in_run, digit) = if b[i] < 0x80 {
-            let class = ASCII_RUN_CLASS[b[i] as usize];
-            (1, class != 0, class == 2)
+    while let Some(chunk) = b.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let y = w & LOW7;
+        let digits = y.wrapping_add(0x5050_5050_5050_5050) & !y.wrapping_add(0x4646_4646_4646_4646) & HIGH;
+        let hits = digits | (w & HIGH);
+        if hits != 0 {
+            return Some(i + hits.trailing_zeros() as usize / 8);
+        }
+        i += 8;
+    }
+    b[i..].iter().position(|&c| c.is_ascii_digit() || c >= 0x80).map(|k| i + k)
+}
+
+#[cfg(test)]
+fn digit_runs(text: &str) -> Vec<DigitRun> {
+    digit_scan(text).runs
+}
+
+fn digit_scan(text: &str) -> DigitScan {
+    let b = text.as_bytes();
+    // (bytes, is digit) of the run character at `i`, or None when `i` ends a run.
+    let class_at = |i: usize| -> Option<(usize, bool)> {
+        if b[i] < 0x80 {
+            match ASCII_RUN_CLASS[b[i] as usize] {
+                0 => None,
+                class => Some((1, class == 2)),
+            }
         } else {
             let c = text[i..].chars().next().unwrap_or('\u{FFFD}');
-            (c.len_utf8(), c.is_numeric(), c.is_numeric())
-        };
-        if in_run {
-            if start.is_none() {
-                start = Some(i);
-                digits = 0;
-            }
-            digits += usize::from(digit);
-        } else if let Some(s) = start.take() {
-            if digits > 0 {
-                runs.push((s, i, digits));
-            }
+            c.is_numeric().then_some((c.len_utf8(), true))
         }
+    };
+    let count = |r: &mut DigitRun, byte: u8, digit: bool| {
+        r.digits += usize::from(digit);
+        match byte {
+            b'-' => r.dashes += 1,
+            b'.' => r.dots += 1,
+            b' ' => r.spaces += 1,
+            b'+' => r.plus += 1,
+            b'(' => r.parens += 1,
+            _ => {}
+        }
+    };
+    let mut scan = DigitScan::default();
+    let mut i = 0;
+    // Skip to the next ASCII digit or non-ASCII character (most text holds neither), then grow
+    // the run left over separators and right over digits and separators. Inside a run a digit
+    // follows a digit or separator, so only these stops can follow two capitals.
+    while let Some(k) = digit_or_non_ascii(&b[i..]) {
+        i += k;
+        let after_caps = i >= 2 && b[i - 1].is_ascii_uppercase() && b[i - 2].is_ascii_uppercase();
+        if after_caps && scan.caps_runs.last().is_none_or(|r| r.end <= i) {
+            scan.caps_runs.push(caps_run(text, i - 2));
+        }
+        let Some((len, true)) = class_at(i) else {
+            i += text[i..].chars().next().map_or(1, char::len_utf8);
+            continue;
+        };
+        let mut r = DigitRun { start: i, ..DigitRun::default() };
+        while r.start > 0 && b[r.start - 1] < 0x80 && ASCII_RUN_CLASS[b[r.start - 1] as usize] == 1 {
+            let sep = b[r.start - 1];
+            r.start -= 1;
+            count(&mut r, sep, false);
+        }
+        count(&mut r, b[i], true);
         i += len;
+        while i < b.len() {
+            let Some((len, digit)) = class_at(i) else { break };
+            count(&mut r, b[i], digit);
+            i += len;
+        }
+        r.end = i;
+        scan.runs.push(r);
     }
-    if let Some(s) = start.filter(|_| digits > 0) {
-        runs.push((s, text.len(), digits));
-    }
-    runs
+    scan
 }
 
 /// Literals one of which every secret-assignment key contains (ASCII case-insensitive), plus
 /// the two non-ASCII characters that Unicode simple case folding equates with ASCII letters
 /// (U+017F LONG S ~ `s`, U+212A KELVIN SIGN ~ `k`), which the regex's `(?i)` also accepts.
-fn keyword_gate() -> &'static AhoCorasick {
-    static G: OnceLock<AhoCorasick> = OnceLock::new();
+const KEYWORD_LITERALS: [&str; 10] = ["pass", "pwd", "secret", "key", "token", "bearer", "credential", "conn", "\u{17F}", "\u{212A}"];
+
+/// One automaton over [`KEYWORD_LITERALS`] and every detector's [`Gate::Prefixes`] literals,
+/// ASCII case-insensitive (prefix hits are then compared exactly), with, per pattern, the index
+/// of the detector it opens (`None` for a keyword).
+struct LiteralGates {
+    ac: AhoCorasick,
+    owner: Vec<(Option<usize>, &'static str)>,
+    /// [`KEYWORD_LITERALS`] alone (see [`next_assignment`]).
+    keywords: AhoCorasick,
+}
+
+fn literal_gates() -> &'static LiteralGates {
+    static G: OnceLock<LiteralGates> = OnceLock::new();
     G.get_or_init(|| {
-        AhoCorasickBuilder::new()
+        let mut owner: Vec<(Option<usize>, &'static str)> = KEYWORD_LITERALS.iter().map(|k| (None, *k)).collect();
+        for (i, d) in detectors().iter().enumerate() {
+            if let Gate::Prefixes(lits) = d.gate {
+                owner.extend(lits.iter().map(|l| (Some(i), *l)));
+            }
+        }
+        let ac = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
-            .build(["pass", "pwd", "secret", "key", "token", "bearer", "credential", "conn", "\u{17F}", "\u{212A}"])
-            .unwrap_or_else(|_| AhoCorasick::new(["\u{0}"]).expect("one literal"))
+            .build(owner.iter().map(|o| o.1))
+            .unwrap_or_else(|_| AhoCorasick::new(["\u{0}"]).expect("one literal"));
+        let keywords = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .build(KEYWORD_LITERALS)
+            .unwrap_or_else(|_| AhoCorasick::new(["\u{0}"]).expect("one literal"));
+        LiteralGates { ac, owner, keywords }
     })
+}
+
+/// Which literal gates `text` opens: whether it holds an assignment keyword, and a bit per
+/// detector index whose prefixes occur (case-sensitive).
+/// Above this many bytes [`open_literal_gates`] opens every prefix gate without looking: each
+/// regex's own prefilter (SIMD substring search) then skips through a long text faster than an
+/// overlapping pass that must report every keyword hit. Below it, one pass costs less than a
+/// dozen regex calls.
+const LITERAL_GATES_MAX_BYTES: usize = 4096;
+
+fn open_literal_gates(text: &str) -> (bool, u64) {
+    let g = literal_gates();
+    if text.len() > LITERAL_GATES_MAX_BYTES {
+        let keywords = g.ac.find_overlapping_iter(text).any(|m| g.owner[m.pattern().as_usize()].0.is_none());
+        return (keywords, u64::MAX);
+    }
+    let (mut keywords, mut prefixes) = (false, 0u64);
+    for m in g.ac.find_overlapping_iter(text) {
+        match g.owner[m.pattern().as_usize()] {
+            (None, _) => keywords = true,
+            (Some(i), lit) => {
+                if &text[m.range()] == lit {
+                    prefixes |= 1 << i;
+                }
+            }
+        }
+    }
+    (keywords, prefixes)
 }
 
 fn hex_colons(text: &str) -> bool {
     let b = text.as_bytes();
     let mut from = 0;
-    while let Some(i) = b[from..].iter().position(|&x| x == b':').map(|i| from + i) {
+    while let Some(i) = text[from..].find(':').map(|i| from + i) {
         let mut j = i + 1;
         while j < b.len() && j - i <= 5 && b[j].is_ascii_hexdigit() {
             j += 1;
@@ -300,10 +489,22 @@ fn hex_colons(text: &str) -> bool {
     false
 }
 
-fn caps_digit(text: &str) -> bool {
-    text.as_bytes()
-        .windows(3)
-        .any(|w| w[0].is_ascii_uppercase() && w[1].is_ascii_uppercase() && (w[2].is_ascii_digit() || w[2] >= 0x80))
+/// Test oracle for [`DigitScan::caps_runs`]: byte offsets, ascending, of every two ASCII
+/// capitals followed by an ASCII digit or a non-ASCII character.
+#[cfg(test)]
+fn caps_digit_sites(text: &str) -> impl Iterator<Item = usize> + '_ {
+    let b = text.as_bytes();
+    // From each ASCII digit or non-ASCII byte (rare in most text), look back at two bytes.
+    let mut i = 2;
+    std::iter::from_fn(move || {
+        while let Some(k) = b.get(i..).and_then(|rest| rest.iter().position(|&c| c.is_ascii_digit() || c >= 0x80)) {
+            i += k + 1;
+            if b[i - 2].is_ascii_uppercase() && b[i - 3].is_ascii_uppercase() {
+                return Some(i - 3);
+            }
+        }
+        None
+    })
 }
 
 fn re(p: &str) -> Regex {
@@ -438,49 +639,137 @@ fn find_emails(t: &str, out: &mut Vec<(usize, usize)>) {
     }
 }
 
+/// AWS access key id prefixes (AWS IAM "unique identifiers" documentation).
+const AWS_PREFIXES: [&str; 11] = ["AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AROA", "AIPA", "ANPA", "ANVA", "APKA"];
+
 fn detectors() -> &'static [Detector] {
     static D: OnceLock<Vec<Detector>> = OnceLock::new();
     D.get_or_init(|| {
         let d = |entity, p: &str, group, check: Check| Detector { entity, re: re(p), group, check, gate: Gate::None };
+        let pre = |lits: &'static [&'static str], d: Detector| Detector { gate: Gate::Prefixes(lits), ..d };
         let g = |gate: Gate, d: Detector| Detector { gate, ..d };
         vec![
-            d(
+            pre(&["-----BEGIN "], d(
                 Entity::PrivateKey,
                 r"(?s)-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----.*?-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----",
                 0,
                 check_any,
-            ),
-            d(Entity::AwsAccessKey, r"(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA)[A-Z0-9]{16}", 0, check_token),
-            d(Entity::GithubToken, r"github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59}|gh[pousr]_[A-Za-z0-9]{36,251}", 0, check_token),
-            d(Entity::OpenaiKey, r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,200}", 0, check_openai),
-            d(
+            )),
+            pre(&AWS_PREFIXES, d(Entity::AwsAccessKey, r"(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA)[A-Z0-9]{16}", 0, check_token)),
+            pre(&["github_pat_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_"], d(Entity::GithubToken, r"github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59}|gh[pousr]_[A-Za-z0-9]{36,251}", 0, check_token)),
+            pre(&["sk-"], d(Entity::OpenaiKey, r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,200}", 0, check_openai)),
+            pre(&["xox", "https://hooks.slack.com/"], d(
                 Entity::SlackToken,
                 r"xox[abposre]-[A-Za-z0-9\-]{10,250}|https://hooks\.slack\.com/services/T[A-Z0-9]{6,12}/B[A-Z0-9]{6,12}/[A-Za-z0-9]{16,32}",
                 0,
                 check_token,
-            ),
-            d(Entity::StripeKey, r"(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,247}|whsec_[A-Za-z0-9]{24,64}", 0, check_token),
-            d(Entity::GoogleApiKey, r"AIza[0-9A-Za-z_\-]{35}", 0, check_token),
-            d(Entity::Jwt, r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}", 0, check_jwt),
+            )),
+            pre(&["sk_live_", "sk_test_", "rk_live_", "rk_test_", "whsec_"], d(Entity::StripeKey, r"(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,247}|whsec_[A-Za-z0-9]{24,64}", 0, check_token)),
+            pre(&["AIza"], d(Entity::GoogleApiKey, r"AIza[0-9A-Za-z_\-]{35}", 0, check_token)),
+            pre(&["eyJ"], d(Entity::Jwt, r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}", 0, check_jwt)),
             g(Gate::Keywords, d(
                 Entity::SecretAssignment,
                 r#"(?i)([A-Za-z0-9_.\-]{0,40}(?:password|passwd|passphrase|pwd|secret|api[_\-]?key|apikey|access[_\-]?key|private[_\-]?key|auth[_\-]?token|access[_\-]?token|refresh[_\-]?token|bearer|token|credentials?|client[_\-]?secret|conn(?:ection)?[_\-]?string)[A-Za-z0-9_]{0,40})["']?[ \t]{0,8}(?::=|=>|=|:)[ \t]{0,8}["'`]?([^\s"'`,;<>(){}\[\]]{6,256})"#,
                 2,
                 check_any,
             )),
-            g(Gate::DigitRuns(13), d(Entity::PaymentCard, r"\d(?:[ \-]?\d){12,18}", 0, check_card)),
-            g(Gate::CapsDigit, d(Entity::Iban, r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?", 0, check_iban)),
-            g(Gate::DigitRuns(9), d(Entity::UsSsn, r"\d{3}-\d{2}-\d{4}", 0, check_ssn)),
-            g(Gate::DigitRuns(7), d(
+            g(Gate::DigitRuns(RunNeed::Card), d(Entity::PaymentCard, r"\d(?:[ \-]?\d){12,18}", 0, check_card)),
+            g(Gate::CapsRuns(12), d(Entity::Iban, r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?", 0, check_iban)),
+            g(Gate::DigitRuns(RunNeed::Ssn), d(Entity::UsSsn, r"\d{3}-\d{2}-\d{4}", 0, check_ssn)),
+            g(Gate::DigitRuns(RunNeed::Phone), d(
                 Entity::Phone,
                 r"\+\d{1,3}(?:[ .\-]?\(?\d{1,4}\)?){2,5}|\(\d{3}\) ?\d{3}[ .\-]\d{4}|\d{3}([.\- ])\d{3}[.\- ]\d{4}|\d{3}-\d{4}",
                 0,
                 check_phone,
             )),
-            g(Gate::DigitRuns(4), d(Entity::Ipv4, r"(?:\d{1,3}\.){3}\d{1,3}", 0, check_ipv4)),
+            g(Gate::DigitRuns(RunNeed::Ipv4), d(Entity::Ipv4, r"(?:\d{1,3}\.){3}\d{1,3}", 0, check_ipv4)),
             g(Gate::HexColons, d(Entity::Ipv6, r"(?i)(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}(?:(?:\d{1,3}\.){3}\d{1,3})?", 0, check_ipv6)),
         ]
     })
+}
+
+/// Longest key of the secret-assignment pattern, in bytes: 40 characters, a keyword of at most
+/// 17 (`connection_string`) and 40 more, each at most 3 bytes (U+212A KELVIN SIGN).
+const ASSIGNMENT_KEY_MAX_BYTES: usize = 97 * 3;
+
+/// Longest stretch from a secret assignment's separator to its end, in bytes: a two-byte
+/// separator, 8 blanks, a quote and a value of 256 characters of up to 4 bytes.
+const ASSIGNMENT_TAIL_MAX_BYTES: usize = 2 + 8 + 1 + 256 * 4;
+
+/// The secret-assignment regex's leftmost match starting at or after `at`, found from the
+/// separators (`:` and `=`, found with SIMD `memchr`) instead of a regex search through the
+/// whole text. For each separator: its key ends before at most 8 blanks and a quote and is a
+/// run of key characters (`[A-Za-z0-9_.-]`, U+212A, U+017F); when the last
+/// [`ASSIGNMENT_KEY_MAX_BYTES`] of that run hold an assignment keyword, the regex runs on the
+/// window from the run to the longest possible end and its match counts if it starts in the
+/// run (a later start belongs to a later separator, whose window comes next). Keys of
+/// successive separators do not overlap, so the first counted match is the leftmost one.
+fn next_assignment<'t>(re: &Regex, text: &'t str, at: usize) -> Option<regex::Match<'t>> {
+    let b = text.as_bytes();
+    let key_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '\u{212A}' | '\u{17F}');
+    let keywords = &literal_gates().keywords;
+    for p in memchr::memchr2_iter(b':', b'=', b.get(at..)?).map(|k| at + k) {
+        let mut key_end = p;
+        while key_end > 0 && p - key_end < 8 && matches!(b[key_end - 1], b' ' | b'\t') {
+            key_end -= 1;
+        }
+        if key_end > 0 && matches!(b[key_end - 1], b'"' | b'\'') {
+            key_end -= 1;
+        }
+        if key_end <= at {
+            continue; // a match for this separator would start before `at`
+        }
+        let mut lo = key_end.saturating_sub(ASSIGNMENT_KEY_MAX_BYTES).max(at);
+        while !text.is_char_boundary(lo) {
+            lo += 1;
+        }
+        let run_start = text[lo..key_end].char_indices().rev().take_while(|&(_, c)| key_char(c)).last().map_or(key_end, |(i, _)| lo + i);
+        if run_start == key_end || !keywords.is_match(&text[run_start..key_end]) {
+            continue;
+        }
+        let mut end = (p + ASSIGNMENT_TAIL_MAX_BYTES).min(text.len());
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        if let Some(m) = re.find_at(&text[..end], run_start) {
+            if m.start() < key_end {
+                return Some(m);
+            }
+        }
+    }
+    None
+}
+
+/// Splits a secret-assignment match `text[s..e]` into the pattern's key and value groups
+/// (byte ranges), without a capture search. Every character of the pattern's key is a letter,
+/// digit, `_`, `.` or `-`, so the key ends at the first quote, blank, `:` or `=`; what follows is
+/// an optional quote, blanks, the separator, blanks, an optional quote and the value up to `e`.
+/// The one ambiguous separator, `:=` (also `:` followed by a value starting with `=`), returns
+/// `None`, as does a value that does not validate: the caller then asks the regex.
+fn split_assignment(text: &str, s: usize, e: usize) -> Option<(Range<usize>, Range<usize>)> {
+    let b = &text.as_bytes()[..e];
+    let key_end = s + b[s..].iter().position(|c| matches!(c, b'"' | b'\'' | b' ' | b'\t' | b':' | b'='))?;
+    let blanks = |mut p: usize| {
+        while p < e && matches!(b[p], b' ' | b'\t') {
+            p += 1;
+        }
+        p
+    };
+    let mut p = key_end + usize::from(matches!(b[key_end], b'"' | b'\''));
+    p = blanks(p);
+    p += match b.get(p..p + 2) {
+        Some(b":=") => return None,
+        Some(b"=>") => 2,
+        _ if matches!(b.get(p), Some(b'=' | b':')) => 1,
+        _ => return None,
+    };
+    p = blanks(p);
+    p += usize::from(matches!(b.get(p), Some(b'"' | b'\'' | b'`')));
+    let value = text.get(p..e)?;
+    let n = value.chars().count();
+    let valid = (6..=256).contains(&n)
+        && !value.chars().any(|c| c.is_whitespace() || "\"'`,;<>(){}[]".contains(c));
+    valid.then_some((s..key_end, p..e))
 }
 
 /// Keys of assignments whose values are identifiers, sizes or settings rather than credentials.
@@ -604,6 +893,11 @@ impl Redactor {
         self.enabled[idx(e)]
     }
 
+    /// Whether `value` is one of the policy's `allow_values` (not hashed when there are none).
+    fn allowed(&self, value: &str) -> bool {
+        !self.allow_values.is_empty() && self.allow_values.contains(value)
+    }
+
     /// Verifies a minted canary `prefix + 16 hex nonce + 16 hex tag`.
     pub fn canary_valid(&self, token: &str) -> bool {
         let n = token.len();
@@ -622,18 +916,19 @@ impl Redactor {
         format!("{prefix}{nonce}{}", hex::encode(&mac[..8]))
     }
 
-    fn assignment_ok(&self, text: &str, caps: &regex::Captures<'_>) -> bool {
-        let (Some(key), Some(val)) = (caps.get(1), caps.get(2)) else { return false };
-        let key_s = key.as_str();
-        let v = val.as_str().trim_end_matches(['.', '!', '?', ':']);
+    /// Whether the assignment `key` = `value` (byte ranges of `text`) holds a secret.
+    fn assignment_ok(&self, text: &str, key: Range<usize>, value: Range<usize>) -> bool {
+        let key_start = key.start;
+        let key_s = &text[key];
+        let v = text[value].trim_end_matches(['.', '!', '?', ':']);
         if v.len() < 8 || benign_key(key_s) || self.allow_keys.iter().any(|k| k == &key_s.to_ascii_lowercase()) {
             return false;
         }
-        if self.allow_values.contains(v) || is_placeholder(v) || looks_like_identifier(v) {
+        if self.allowed(v) || is_placeholder(v) || looks_like_identifier(v) {
             return false;
         }
         // A key glued to a preceding word char is part of a longer identifier.
-        if tokenish(before(text, key.start())) {
+        if tokenish(before(text, key_start)) {
             return false;
         }
         if is_uuid(v) {
@@ -659,32 +954,39 @@ impl Redactor {
     /// stream redactor never cuts through one).
     fn candidates_gated(&self, text: &str, gated: bool, mut raw: Option<&mut Vec<(usize, usize)>>) -> Vec<Cand> {
         let mut out = Vec::new();
-        let whole = [(0, text.len(), usize::MAX)];
-        let mut runs: Option<Vec<(usize, usize, usize)>> = None;
-        for d in detectors() {
+        let whole = [DigitRun { start: 0, end: text.len(), ..DigitRun::default() }];
+        let mut scan: Option<DigitScan> = None;
+        let mut literals: Option<(bool, u64)> = None;
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        for (i, d) in detectors().iter().enumerate() {
             if !self.on(d.entity) {
                 continue;
             }
             let gate = if gated { d.gate } else { Gate::None };
             let open = match gate {
                 Gate::None | Gate::DigitRuns(_) => true,
-                Gate::Keywords => keyword_gate().is_match(text),
+                Gate::Prefixes(_) => literals.get_or_insert_with(|| open_literal_gates(text)).1 & (1 << i) != 0,
+                Gate::Keywords => literals.get_or_insert_with(|| open_literal_gates(text)).0,
                 Gate::HexColons => hex_colons(text),
-                Gate::CapsDigit => caps_digit(text),
+                Gate::CapsRuns(_) => true,
             };
             if !open {
                 continue;
             }
-            let (ranges, min_digits): (&[(usize, usize, usize)], usize) = match gate {
-                Gate::DigitRuns(n) => (runs.get_or_insert_with(|| digit_runs(text)), n),
-                _ => (&whole, 0),
+            let (ranges, need): (&[DigitRun], Option<RunNeed>) = match gate {
+                Gate::DigitRuns(need) => (&scan.get_or_insert_with(|| digit_scan(text)).runs, Some(need)),
+                Gate::CapsRuns(min_bytes) => (&scan.get_or_insert_with(|| digit_scan(text)).caps_runs, Some(RunNeed::Bytes(min_bytes))),
+                _ => (&whole, None),
             };
             if d.group == 0 {
-                let spans = ranges
-                    .iter()
-                    .filter(|r| r.2 >= min_digits)
-                    .flat_map(|&(a, b, _)| d.re.find_iter(&text[a..b]).map(move |m| (a + m.start(), a + m.end())));
-                for m in spans {
+                spans.clear();
+                spans.extend(
+                    ranges
+                        .iter()
+                        .filter(|r| need.is_none_or(|n| n.admits(r)))
+                        .flat_map(|r| d.re.find_iter(&text[r.start..r.end]).map(move |m| (r.start + m.start(), r.start + m.end()))),
+                );
+                for &m in &spans {
                     let (s, e) = m;
                     if let Some(r) = raw.as_deref_mut() {
                         r.push((s, e));
@@ -695,7 +997,7 @@ impl Redactor {
                         }
                         continue;
                     }
-                    if (d.check)(text, s, e) && !self.allow_values.contains(&text[s..e]) {
+                    if (d.check)(text, s, e) && !self.allowed(&text[s..e]) {
                         out.push(Cand { entity: d.entity, start: s, end: e });
                     }
                 }
@@ -707,17 +1009,31 @@ impl Redactor {
                 // value would find (field report: streaming output differed from whole output).
                 let mut at = 0;
                 while at < text.len() {
-                    let Some(caps) = d.re.captures_at(text, at) else { break };
-                    let (Some(m), Some(v)) = (caps.get(0), caps.get(d.group)) else { break };
-                    if let Some(r) = raw.as_deref_mut() {
-                        r.push((m.start(), m.end()));
-                    }
-                    if self.assignment_ok(text, &caps) {
-                        let vs = v.as_str().trim_end_matches(['.', '!', '?', ':']);
-                        out.push(Cand { entity: d.entity, start: v.start(), end: v.start() + vs.len() });
-                        at = m.end().max(at + 1);
+                    // A capture search costs microseconds per match with this pattern; the
+                    // match's groups are split off by hand when that is unambiguous.
+                    let split = if gated {
+                        let Some(m) = next_assignment(&d.re, text, at) else { break };
+                        split_assignment(text, m.start(), m.end()).map(|(k, v)| (m.range(), k, v))
                     } else {
-                        at = v.start().max(at + 1);
+                        None
+                    };
+                    let (m, key, v) = match split {
+                        Some(groups) => groups,
+                        None => {
+                            let Some(caps) = d.re.captures_at(text, at) else { break };
+                            let (Some(m), Some(k), Some(v)) = (caps.get(0), caps.get(1), caps.get(d.group)) else { break };
+                            (m.range(), k.range(), v.range())
+                        }
+                    };
+                    if let Some(r) = raw.as_deref_mut() {
+                        r.push((m.start, m.end));
+                    }
+                    if self.assignment_ok(text, key, v.clone()) {
+                        let vs = text[v.clone()].trim_end_matches(['.', '!', '?', ':']);
+                        out.push(Cand { entity: d.entity, start: v.start, end: v.start + vs.len() });
+                        at = m.end.max(at + 1);
+                    } else {
+                        at = v.start.max(at + 1);
                     }
                     while at < text.len() && !text.is_char_boundary(at) {
                         at += 1;
@@ -729,7 +1045,7 @@ impl Redactor {
             let mut spans = Vec::new();
             find_emails(text, &mut spans);
             for (s, e) in spans {
-                if !self.allow_values.contains(&text[s..e]) {
+                if !self.allowed(&text[s..e]) {
                     out.push(Cand { entity: Entity::Email, start: s, end: e });
                 }
             }
@@ -799,12 +1115,12 @@ impl Redactor {
         match strategy {
             Strategy::Tag => {
                 let n = state.number(entity, value);
-                format!("[{}_{n}]", entity.label())
+                format!("[{}_{n}]", entity.upper())
             }
             Strategy::Mask => value.chars().map(|c| if c == '\n' || c == '\r' { c } else { '*' }).collect(),
-            Strategy::Hash => format!("[{}:{}]", entity.label(), self.keyed_id(entity, value)),
+            Strategy::Hash => format!("[{}:{}]", entity.upper(), self.keyed_id(entity, value)),
             Strategy::Pseudonymize => {
-                let token = format!("[PSEUDO_{}_{}]", entity.label(), self.keyed_id(entity, value));
+                let token = format!("[PSEUDO_{}_{}]", entity.upper(), self.keyed_id(entity, value));
                 vault.insert(&token, value);
                 token
             }
@@ -854,19 +1170,18 @@ fn resolve_overlaps(mut c: Vec<Cand>) -> Vec<Cand> {
 /// stream.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TagState {
-    seen: HashMap<(Entity, String), usize>,
-    next: HashMap<Entity, usize>,
+    /// Per entity (index in [`Entity::ALL`]): value -> its number (1, 2, ... in order seen).
+    seen: [HashMap<String, usize>; Entity::ALL.len()],
 }
 
 impl TagState {
     fn number(&mut self, e: Entity, v: &str) -> usize {
-        if let Some(n) = self.seen.get(&(e, v.to_string())) {
+        let seen = &mut self.seen[idx(e)];
+        if let Some(n) = seen.get(v) {
             return *n;
         }
-        let n = self.next.entry(e).or_insert(0);
-        *n += 1;
-        let n = *n;
-        self.seen.insert((e, v.to_string()), n);
+        let n = seen.len() + 1;
+        seen.insert(v.to_string(), n);
         n
     }
 }
@@ -1149,12 +1464,101 @@ mod tests {
             "4111-1111-1111-1111", "123-45-6789", "555-0100", "+44 20 7946 0958", "(415) 555-0132", "10.0.0.1",
             "fe80::1", "2001:db8::ff00:42:8329", "password", "API_KEY", "\u{17F}ecret", "\u{212A}ey", "Token",
             "pwd", "conn_string", "S3cr3t!x9Q#", "wJalrXUtnFEMI/K7MDENG", "bob@example.com", "AKIAIOSFODNN7EXAMPLE",
+            ":=", "=>", "`", "  ", "\t\t\t\t\t\t\t\t\t", ">", ",", "\u{3000}", "ab3$Z", "2024-05-01", "v1.2.3.4",
+            "ghp_", "aB3dE5gH7jK9mN2pQ4sT6vW8yZ0aB3dE5gH7j", "eyJ", "hbGciOiJIUzI1NiJ9", "xoxb-", "sk_live_", "sk-",
+            "AIza", "ASIA", "asia", "-----BEGIN ", "RSA PRIVATE KEY-----", "-----END ",
+            "DE89370400440532013000", "GB82WEST12345698765432", "DE\u{663}\u{664} 3704 0044 0532 0130 00", "X", "AB",
         ]), 0..40)) {
             let text: String = parts.concat();
             let r = red();
             let key = |c: Vec<Cand>| c.into_iter().map(|c| (c.entity, c.start, c.end)).collect::<Vec<_>>();
             proptest::prop_assert_eq!(key(r.candidates_gated(&text, true, None)), key(r.candidates_gated(&text, false, None)), "{:?}", text);
         }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        /// `split_assignment` gives the regex's own groups whenever it answers.
+        #[test]
+        fn split_assignment_equals_captures(parts in proptest::collection::vec(proptest::sample::select(vec![
+            "password", "DB_PASSWORD", "api-key", "\u{17F}ecret", "token", "x.y", "\"", "'", "`", " ", "\t", ":", "=", ":=",
+            "=>", ">", "==", "::", "Tr0ub4dor&3x", "k9#Lm2$vQ8", "é", "\u{3000}", ",", "a", "7", "(", "[", ";",
+        ]), 1..24)) {
+            let text: String = parts.concat();
+            let re = &detectors().iter().find(|d| d.entity == Entity::SecretAssignment).unwrap().re;
+            for caps in re.captures_iter(&text) {
+                let (m, k, v) = (caps.get(0).unwrap(), caps.get(1).unwrap(), caps.get(2).unwrap());
+                if let Some((key, value)) = split_assignment(&text, m.start(), m.end()) {
+                    proptest::prop_assert_eq!((key, value), (k.range(), v.range()), "{:?}", text);
+                }
+            }
+        }
+    }
+
+    /// The plain definition of a digit run: maximal runs of `char::is_numeric` and ` .-()+`
+    /// holding a digit.
+    fn digit_runs_plain(text: &str) -> Vec<(usize, usize, usize)> {
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+        let mut cur: Option<(usize, usize, usize)> = None;
+        for (i, c) in text.char_indices().chain([(text.len(), 'x')]) {
+            if c.is_numeric() || " .-()+".contains(c) {
+                let r = cur.get_or_insert((i, i, 0));
+                r.1 = i + c.len_utf8();
+                r.2 += usize::from(c.is_numeric());
+            } else if let Some(r) = cur.take().filter(|r| r.2 > 0) {
+                runs.push(r);
+            }
+        }
+        runs
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn digit_or_non_ascii_finds_the_first(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..40)) {
+            let plain = bytes.iter().position(|&c| c.is_ascii_digit() || c >= 0x80);
+            proptest::prop_assert_eq!(digit_or_non_ascii(&bytes), plain);
+        }
+
+        #[test]
+        fn digit_runs_match_their_definition(parts in proptest::collection::vec(proptest::sample::select(vec![
+            "1", "42", "\u{663}", "\u{2167}", "\u{FF14}", " ", "-", ".", "(", ")", "+", "a", "é", "\u{3000}", "x-", "--",
+            "GB", "Q", "DE8", "AB-",
+        ]), 0..30)) {
+            let text: String = parts.concat();
+            let scan = digit_scan(&text);
+            let fast: Vec<_> = scan.runs.iter().map(|r| (r.start, r.end, r.digits)).collect();
+            proptest::prop_assert_eq!(fast, digit_runs_plain(&text), "{:?}", text);
+            // Every start of two capitals and a digit lies in a caps run.
+            for site in caps_digit_sites(&text) {
+                proptest::prop_assert!(scan.caps_runs.iter().any(|r| r.start <= site && site + 2 <= r.end), "{:?}", text);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// `next_assignment` finds what the regex finds, from every starting offset.
+        #[test]
+        fn next_assignment_equals_find_at(parts in proptest::collection::vec(proptest::sample::select(vec![
+            "password", "PaSsWoRd", "pa\u{17F}\u{17F}word", "api_\u{212A}ey", "connection-string", "token", "x", "my.app-",
+            "_", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "\"", "'", "`", " ", "\t", "        ", ":", "=", ":=",
+            "=>", "Tr0ub4dor&3x", "k9#Lm2$vQ8", "é", ",", "\n", "S3cr3t!x9Q#S3cr3t!x9Q#S3cr3t!x9Q#S3cr3t!x9Q#",
+        ]), 1..30)) {
+            let text: String = parts.concat();
+            let re = &detectors().iter().find(|d| d.entity == Entity::SecretAssignment).unwrap().re;
+            for at in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+                let fast = next_assignment(re, &text, at).map(|m| m.range());
+                proptest::prop_assert_eq!(fast, re.find_at(&text, at).map(|m| m.range()), "{:?} at {}", text, at);
+            }
+        }
+    }
+
+    #[test]
+    fn split_assignment_defers_when_ambiguous() {
+        let t = "password:=abcdefgh";
+        assert_eq!(split_assignment(t, 0, t.len()), None);
+        let t = "password' => `Tr0ub4dor&3x";
+        assert_eq!(split_assignment(t, 0, t.len()), Some((0..8, 14..t.len())));
     }
 
     #[test]
@@ -1168,12 +1572,31 @@ mod tests {
     }
 
     #[test]
+    fn labels_are_upper_case_names() {
+        for e in Entity::ALL {
+            assert_eq!(e.label(), e.as_str().to_ascii_uppercase());
+        }
+    }
+
+    #[test]
     fn gates() {
-        assert_eq!(digit_runs("call 555-0100 now (or +1 2)"), vec![(4, 14, 7), (21, 27, 2)]);
-        assert_eq!(digit_runs("no digits here"), Vec::<(usize, usize, usize)>::new());
+        let spans = |t| digit_runs(t).iter().map(|r| (r.start, r.end, r.digits)).collect::<Vec<_>>();
+        assert_eq!(spans("call 555-0100 now (or +1 2)"), vec![(4, 14, 7), (21, 27, 2)]);
+        assert_eq!(spans("no digits here"), vec![]);
+        let r = digit_runs("ip 10.0.0.1, ssn 123-45-6789 or (415) 555 0132+")[..].to_vec();
+        assert_eq!((r[0].digits, r[0].dots), (5, 3));
+        assert_eq!((r[1].digits, r[1].dashes, r[1].spaces), (9, 2, 2));
+        assert_eq!((r[2].digits, r[2].parens, r[2].spaces, r[2].plus), (10, 1, 3, 1));
+        assert!(RunNeed::Ipv4.admits(&r[0]) && !RunNeed::Ssn.admits(&r[0]) && RunNeed::Ssn.admits(&r[1]) && RunNeed::Phone.admits(&r[2]));
         assert!(hex_colons("fe80::1") && hex_colons("a:b:c") && hex_colons("abcd:1234:") && !hex_colons("time: 10:30") && !hex_colons("x: y: z"));
-        assert!(caps_digit("GB82") && caps_digit("DE\u{663}") && !caps_digit("Gb82") && !caps_digit("G82"));
-        assert!(keyword_gate().is_match("My PassWord") && keyword_gate().is_match("\u{212A}EY") && !keyword_gate().is_match("hello"));
+        let sites = |t| caps_digit_sites(t).collect::<Vec<_>>();
+        assert_eq!(sites("GB82 x DE\u{663} Gb82 G82 ABC1"), vec![0, 7, 22]);
+        assert_eq!(sites("8A"), Vec::<usize>::new());
+        assert!(open_literal_gates("My PassWord").0 && open_literal_gates("\u{212A}EY").0 && !open_literal_gates("hello").0);
+        let aws = detectors().iter().position(|d| d.entity == Entity::AwsAccessKey).unwrap();
+        assert_eq!(open_literal_gates("in ASIA").1, 1 << aws);
+        assert_eq!(open_literal_gates("in Asia, eyj"), (false, 0));
+        assert!(detectors().len() <= 64, "one bit per detector");
     }
 
     #[test]

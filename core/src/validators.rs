@@ -104,19 +104,29 @@ pub fn ssn_valid(s: &str) -> bool {
 
 /// Shannon entropy of the chars of `s`, in bits per char.
 pub fn shannon_entropy(s: &str) -> f32 {
-    let mut counts = std::collections::HashMap::new();
-    let mut n = 0f32;
+    // Counts per character: a table for ASCII, sorted runs for the rest.
+    let mut ascii = [0u32; 128];
+    let mut other: Vec<char> = Vec::new();
+    let mut n = 0u32;
     for c in s.chars() {
-        *counts.entry(c).or_insert(0u32) += 1;
-        n += 1.0;
+        n += 1;
+        if c.is_ascii() {
+            ascii[c as usize] += 1;
+        } else {
+            other.push(c);
+        }
     }
-    if n == 0.0 {
+    if n == 0 {
         return 0.0;
     }
-    counts.values().map(|&k| {
-        let p = k as f32 / n;
+    other.sort_unstable();
+    let term = |k: u32| {
+        let p = k as f32 / n as f32;
         -p * p.log2()
-    }).sum()
+    };
+    let h_ascii: f32 = ascii.iter().filter(|&&k| k > 0).map(|&k| term(k)).sum();
+    let h_other: f32 = other.chunk_by(|a, b| a == b).map(|run| term(run.len() as u32)).sum();
+    h_ascii + h_other
 }
 
 /// A UUID in 8-4-4-4-12 hex form (RFC 9562).
@@ -192,6 +202,8 @@ mod tests {
     fn entropy_and_shapes() {
         assert_eq!(shannon_entropy("aaaa"), 0.0);
         assert!((shannon_entropy("abcd") - 2.0).abs() < 1e-6);
+        assert!((shannon_entropy("ééab") - 1.5).abs() < 1e-6);
+        assert!((shannon_entropy("日本日本") - 1.0).abs() < 1e-6);
         assert!(is_uuid("3f2b9c4e-8d1a-4b6e-9f0c-2a7d5e1b8c93"));
         assert!(looks_like_identifier("sessionObserverToken"));
         assert!(looks_like_identifier("settings.Read"));
