@@ -4,6 +4,7 @@
 //! Every call that scans releases the GIL (`py.detach`) and runs inside `catch_unwind`, so no
 //! Rust panic crosses into Python: an internal fault becomes `VallumError(code="internal")`.
 
+use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 
@@ -36,23 +37,46 @@ fn map_err(e: vallum::Error) -> PyErr {
     raise(e.code().as_str(), e.to_string())
 }
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Runs `f` without the GIL and without letting a panic escape.
 fn enter_core<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> PyResult<T> {
     py.detach(|| catch_unwind(AssertUnwindSafe(f)))
         .map_err(|_| raise("internal", "internal error in the Vallum engine (please report)".into()))
 }
 
-/// Accepts `str` or `bytes` (UTF-8); invalid UTF-8 or lone surrogates raise `InputError`.
-fn text_arg(obj: &Bound<'_, PyAny>) -> PyResult<String> {
+/// Inputs shorter than this many bytes are scanned with the GIL held when no classifier runs:
+/// they take a few microseconds, less than releasing and re-taking the GIL adds to the call.
+/// Longer inputs, and every call that runs the classifier, release it.
+const DETACH_MIN_BYTES: usize = 16 * 1024;
+
+/// Like [`enter_core`], but keeps the GIL for short (`bytes` < [`DETACH_MIN_BYTES`]), light
+/// work.
+fn enter_core_sized<T: Send>(py: Python<'_>, bytes: usize, heavy: bool, f: impl FnOnce() -> T + Send) -> PyResult<T> {
+    if heavy || bytes >= DETACH_MIN_BYTES {
+        return enter_core(py, f);
+    }
+    catch_unwind(AssertUnwindSafe(f)).map_err(|_| raise("internal", "internal error in the Vallum engine (please report)".into()))
+}
+
+/// Accepts `str` or `bytes` (UTF-8), borrowed when Python already holds it as UTF-8; invalid
+/// UTF-8 or lone surrogates raise `InputError`.
+fn text_ref<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, str>> {
     if let Ok(s) = obj.cast::<PyString>() {
-        return s.to_cow().map(|c| c.into_owned()).map_err(|e| raise("input_invalid", format!("text is not valid Unicode: {e}")));
+        return s.to_cow().map_err(|e| raise("input_invalid", format!("text is not valid Unicode: {e}")));
     }
     if let Ok(b) = obj.cast::<PyBytes>() {
         return std::str::from_utf8(b.as_bytes())
-            .map(str::to_owned)
+            .map(Cow::Borrowed)
             .map_err(|e| raise("input_invalid", format!("bytes are not valid UTF-8 (at byte {})", e.valid_up_to())));
     }
     Err(raise("input_invalid", format!("expected str or bytes, got {}", obj.get_type().name()?)))
+}
+
+/// [`text_ref`], owned.
+fn text_arg(obj: &Bound<'_, PyAny>) -> PyResult<String> {
+    text_ref(obj).map(Cow::into_owned)
 }
 
 fn to_py_json(py: Python<'_>, v: &impl serde::Serialize) -> PyResult<Py<PyAny>> {
@@ -353,8 +377,8 @@ impl Firewall {
         self.0.has_classifier()
     }
     fn scan_prompt(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<Verdict> {
-        let t = text_arg(text)?;
-        enter_core(py, || Verdict(self.0.scan_prompt(&t)))
+        let t = text_ref(text)?;
+        enter_core_sized(py, t.len(), self.0.has_classifier(), || Verdict(self.0.scan_prompt(&t)))
     }
     fn scan_prompts(&self, py: Python<'_>, texts: Vec<Bound<'_, PyAny>>) -> PyResult<Vec<Verdict>> {
         let ts = texts.iter().map(text_arg).collect::<PyResult<Vec<_>>>()?;
@@ -365,8 +389,8 @@ impl Firewall {
         enter_core(py, || Verdict(self.0.scan_conversation(&ts)))
     }
     fn scan_output(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<OutputResult> {
-        let t = text_arg(text)?;
-        enter_core(py, || OutputResult(self.0.scan_output(&t)))
+        let t = text_ref(text)?;
+        enter_core_sized(py, t.len(), false, || OutputResult(self.0.scan_output(&t)))
     }
     fn restore(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<String> {
         let t = text_arg(text)?;
