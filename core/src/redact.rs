@@ -416,9 +416,12 @@ const KEYWORD_LITERALS: [&str; 10] = ["pass", "pwd", "secret", "key", "token", "
 
 /// One automaton over [`KEYWORD_LITERALS`] and every detector's [`Gate::Prefixes`] literals,
 /// ASCII case-insensitive (prefix hits are then compared exactly), with, per pattern, the index
-/// of the detector it opens (`None` for a keyword).
+/// of the detector it opens (`None` for a keyword) and the literal.
 struct LiteralGates {
-    ac: AhoCorasick,
+    /// A full DFA with standard (overlapping) match semantics, walked byte by byte in
+    /// [`open_literal_gates`]: a few instructions a byte, where the crate's overlapping
+    /// iterator costs several times more on short texts.
+    dfa: aho_corasick::dfa::DFA,
     owner: Vec<(Option<usize>, &'static str)>,
     /// [`KEYWORD_LITERALS`] alone (see [`next_assignment`]).
     keywords: AhoCorasick,
@@ -433,41 +436,52 @@ fn literal_gates() -> &'static LiteralGates {
                 owner.extend(lits.iter().map(|l| (Some(i), *l)));
             }
         }
-        let ac = AhoCorasickBuilder::new()
+        let dfa = aho_corasick::dfa::Builder::new()
+            .match_kind(MatchKind::Standard)
             .ascii_case_insensitive(true)
+            .prefilter(false)
+            .start_kind(aho_corasick::StartKind::Unanchored)
             .build(owner.iter().map(|o| o.1))
-            .unwrap_or_else(|_| AhoCorasick::new(["\u{0}"]).expect("one literal"));
+            .unwrap_or_else(|_| aho_corasick::dfa::DFA::new(["\u{0}"]).expect("one literal"));
         let keywords = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
             .build(KEYWORD_LITERALS)
             .unwrap_or_else(|_| AhoCorasick::new(["\u{0}"]).expect("one literal"));
-        LiteralGates { ac, owner, keywords }
+        LiteralGates { dfa, owner, keywords }
     })
 }
 
-/// Which literal gates `text` opens: whether it holds an assignment keyword, and a bit per
-/// detector index whose prefixes occur (case-sensitive).
-/// Above this many bytes [`open_literal_gates`] opens every prefix gate without looking: each
-/// regex's own prefilter (SIMD substring search) then skips through a long text faster than an
-/// overlapping pass that must report every keyword hit. Below it, one pass costs less than a
-/// dozen regex calls.
+/// Above this many bytes [`open_literal_gates`] opens every prefix gate without looking and
+/// stops at the first keyword: each regex's own prefilter (SIMD substring search) then skips
+/// through a long text faster than a walk that must see every byte. Below it, one walk costs
+/// less than a dozen regex calls.
 const LITERAL_GATES_MAX_BYTES: usize = 4096;
 
+/// Which literal gates `text` opens: whether it holds an assignment keyword, and a bit per
+/// detector index whose prefixes occur (case-sensitive).
 fn open_literal_gates(text: &str) -> (bool, u64) {
+    use aho_corasick::automaton::Automaton;
     let g = literal_gates();
-    if text.len() > LITERAL_GATES_MAX_BYTES {
-        let keywords = g.ac.find_overlapping_iter(text).any(|m| g.owner[m.pattern().as_usize()].0.is_none());
-        return (keywords, u64::MAX);
-    }
-    let (mut keywords, mut prefixes) = (false, 0u64);
-    for m in g.ac.find_overlapping_iter(text) {
-        match g.owner[m.pattern().as_usize()] {
-            (None, _) => keywords = true,
-            (Some(i), lit) => {
-                if &text[m.range()] == lit {
-                    prefixes |= 1 << i;
+    let long = text.len() > LITERAL_GATES_MAX_BYTES;
+    let (mut keywords, mut prefixes) = (false, if long { u64::MAX } else { 0 });
+    let Ok(mut sid) = g.dfa.start_state(aho_corasick::Anchored::No) else { return (true, u64::MAX) };
+    for (i, &byte) in text.as_bytes().iter().enumerate() {
+        sid = g.dfa.next_state(aho_corasick::Anchored::No, sid, byte);
+        if !g.dfa.is_special(sid) || !g.dfa.is_match(sid) {
+            continue;
+        }
+        for k in 0..g.dfa.match_len(sid) {
+            match g.owner[g.dfa.match_pattern(sid, k).as_usize()] {
+                (None, _) => keywords = true,
+                (Some(d), lit) => {
+                    if text.as_bytes().get(i + 1 - lit.len()..=i) == Some(lit.as_bytes()) {
+                        prefixes |= 1 << d;
+                    }
                 }
             }
+        }
+        if long && keywords {
+            break;
         }
     }
     (keywords, prefixes)
@@ -1549,6 +1563,36 @@ mod tests {
             for at in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
                 let fast = next_assignment(re, &text, at).map(|m| m.range());
                 proptest::prop_assert_eq!(fast, re.find_at(&text, at).map(|m| m.range()), "{:?} at {}", text, at);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// The DFA walk opens exactly the gates whose literals occur.
+        #[test]
+        fn literal_gates_match_substring_search(parts in proptest::collection::vec(proptest::sample::select(vec![
+            "ACC", "A", "AIza", "ASIA", "asia", "KIA", "eyJ", "EYJ", "gh", "p_", "sk", "-", "_live_", "xox", "PASS", "w0rd",
+            "\u{212A}", "\u{17F}", "to", "ken", "é", " ", "-----BEGIN ", "https://hooks.slack.com/", "whsec_", "rk_test_",
+        ]), 0..30), long in proptest::bool::ANY) {
+            let mut text: String = parts.concat();
+            if long {
+                text = format!("{}{text}", " ".repeat(LITERAL_GATES_MAX_BYTES + 1));
+            }
+            let lower = text.to_ascii_lowercase();
+            let keywords = KEYWORD_LITERALS.iter().any(|k| lower.contains(&k.to_ascii_lowercase()));
+            let mut prefixes = 0u64;
+            for (i, d) in detectors().iter().enumerate() {
+                if let Gate::Prefixes(lits) = d.gate {
+                    if long || lits.iter().any(|l| text.contains(l)) {
+                        prefixes |= 1 << i;
+                    }
+                }
+            }
+            let (k, p) = open_literal_gates(&text);
+            proptest::prop_assert_eq!(k, keywords, "{:?}", text);
+            proptest::prop_assert_eq!(p & prefixes, prefixes, "{:?}", text);
+            if !long {
+                proptest::prop_assert_eq!(p, prefixes, "{:?}", text);
             }
         }
     }
