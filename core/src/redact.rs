@@ -1128,8 +1128,17 @@ impl Redactor {
     fn replacement(&self, entity: Entity, strategy: Strategy, value: &str, state: &mut TagState, vault: &Vault) -> String {
         match strategy {
             Strategy::Tag => {
+                // `[LABEL_n]`, built without the formatting machinery (one per finding).
                 let n = state.number(entity, value);
-                format!("[{}_{n}]", entity.upper())
+                let mut digits = itoa::Buffer::new();
+                let (label, digits) = (entity.upper(), digits.format(n));
+                let mut tag = String::with_capacity(label.len() + digits.len() + 3);
+                tag.push('[');
+                tag.push_str(label);
+                tag.push('_');
+                tag.push_str(digits);
+                tag.push(']');
+                tag
             }
             Strategy::Mask => value.chars().map(|c| if c == '\n' || c == '\r' { c } else { '*' }).collect(),
             Strategy::Hash => format!("[{}:{}]", entity.upper(), self.keyed_id(entity, value)),
@@ -1613,6 +1622,19 @@ mod tests {
         let t = "password=Tr0ub4dor&3xaAAghp_aB3dE5gH7jK9mN2pQ4sT6vW8yZ0aB3dE5gH7j?dana@example.orgpassword=Tr0ub4dor&3xGB82 WEST";
         let found = ents(t);
         assert!(found.contains(&(Entity::SecretAssignment, "Tr0ub4dor&3xGB82".to_string())), "{found:?}");
+    }
+
+    #[test]
+    fn tags_number_values_in_order_seen() {
+        let r = red();
+        let (mut state, vault) = (TagState::default(), Vault::new(4));
+        let tag = |state: &mut TagState, v: &str| r.replacement(Entity::Email, Strategy::Tag, v, state, &vault);
+        assert_eq!(tag(&mut state, "a@x.io"), "[EMAIL_1]");
+        assert_eq!(tag(&mut state, "b@x.io"), "[EMAIL_2]");
+        assert_eq!(tag(&mut state, "a@x.io"), "[EMAIL_1]");
+        for i in 3..=120 {
+            assert_eq!(tag(&mut state, &format!("{i}@x.io")), format!("[EMAIL_{i}]"));
+        }
     }
 
     #[test]
