@@ -15,10 +15,22 @@ def f(x, nd=2):
     return f"{x:.{nd}f}"
 
 
+def met(a, b, target):
+    """'yes' / 'no' for a ratio a/b against a target like '>= 500x' or '> 1x', '' without one."""
+    try:
+        r = a / b
+    except (TypeError, ZeroDivisionError):
+        return ""
+    if not target:
+        return ""
+    n = float(target.split()[-1].rstrip("x"))
+    return "yes" if (r >= n if target.startswith(">=") else r > n) else "**no**"
+
+
 def ratio(a, b):
     try:
         r = a / b
-        return (f"{r:,.1f}x" if r >= 1 else f"{r:.2g}x") if a and b else "n/a"
+        return (f"{r:,.1f}x" if r >= 10 else f"{r:.2f}x" if r >= 1 else f"{r:.2g}x") if a and b else "n/a"
     except (TypeError, ZeroDivisionError):
         return "n/a"
 
@@ -105,12 +117,17 @@ def write(R, repo: Path, plots_dir: Path):
     L.append("## Machine\n")
     L.append(f"- {m['nproc']} cores (`nproc`), CPU `{m['cpu']}`, {m['mem']} RAM, Linux {m['kernel']}, Python {m['python']}")
     L.append(f"- load average at start {', '.join(f'{x:.1f}' for x in m['loadavg_start'])}, at end "
-             f"{', '.join(f'{x:.1f}' for x in m.get('loadavg_end', (0, 0, 0)))}. **The 2 cores were shared with another "
-             "engineer's cargo builds during this run: absolute numbers are noisy (expect ±30% or worse, and "
-             "sometimes 2x on a bad minute); the ratios between tools measured back to back are more stable than "
-             "the absolute MB/s.**")
+             f"{', '.join(f'{x:.1f}' for x in m.get('loadavg_end', (0, 0, 0)))}. "
+             + ("**Other work shared the 2 cores during this run: absolute numbers are noisy.** "
+                if m["loadavg_start"][0] > 1.5 else "")
+             + "**The machine's speed drifts by about ±20% from minute to minute even when idle (a shared virtual "
+             "machine), so absolute MB/s vary between runs; the ratios below come from tools timed in interleaved "
+             "rounds, which keeps them steadier.**")
     L.append("- every tool runs single-threaded in one Python process (Vallum through its Python binding unless "
-             "stated), on the same in-memory inputs, fixed iteration counts, best of N passes where N > 1.\n")
+             f"stated), on the same in-memory inputs. Signatures and redaction: {R.get('speed_rounds', 3)} rounds; in "
+             "each round every tool in turn repeats its pass over the whole corpus for about a second (a slow tool "
+             "does one pass) and the round keeps the median pass; each tool's best round counts. No progress bar "
+             "or other bookkeeping runs inside a timed pass. Classifier: fixed iteration counts, p50/p99 per call.\n")
     L.append("## Reproduce\n\n```sh\ncargo build --release -p vallum             # the CLI, for eval and the CLI rows\n"
              "(cd bindings-python && maturin develop --release)   # or install the wheel; run.py imports bindings-python/python\n"
              "python3 benches/harness/run.py             # creates benches/harness/.venv, installs the peers, ~10-15 min\n"
@@ -144,29 +161,42 @@ def write(R, repo: Path, plots_dir: Path):
     tn = "PyTorch fp32 (models/vallum_lib.py)"
     L.append("## Headline ratios (targets from issue #6)\n")
     rows = []
+    raw = []  # (a, b) behind each row, for the "met" column
     v_doc = g(dt, "Vallum scan_output (whole corpus as one document)")
+    raw.append((v_doc, ds))
     rows.append(["redaction: Vallum / detect-secrets, both reading the corpus as one file (MB/s)", ratio(v_doc, ds), ">= 500x",
                  "detect-secrets scans one file; Vallum one document"])
+    raw.append((v_red, ds))
     rows.append(["redaction: Vallum per record / detect-secrets (MB/s)", ratio(v_red, ds), "", "Vallum called once per ~160-byte record"])
+    raw.append((v_red, pr))
     rows.append(["redaction: Vallum / Presidio patterns, all recognizers", ratio(v_red, pr), ">= 500x", "both per record"])
+    raw.append((v_red, pr6))
     rows.append(["redaction: Vallum / Presidio patterns, 6 matching entities", ratio(v_red, pr6), ">= 500x", "both per record"])
+    raw.append((v_sig, aho))
     rows.append(["signatures incl. normalisation: Vallum / pyahocorasick (lower()+iter)", ratio(v_sig, aho), ">= 4x",
                  "Vallum with the same phrases added to its default rules"])
+    raw.append((v_sig, aho_raw))
     rows.append(["signatures: Vallum / pyahocorasick without case folding", ratio(v_sig, aho_raw), "", ""])
+    raw.append((v_sig, rex))
     rows.append(["signatures: Vallum / Python re alternation", ratio(v_sig, rex), "", ""])
     for n in C.get("sizes", []):
         try:
             vl = ct[vn]["latency"][n]["p50_ms"]
+            raw.append((ct[tn]["latency"][n]["p50_ms"], vl))
             rows.append([f"classifier p50 @ {n} tok: PyTorch / Vallum", ratio(ct[tn]["latency"][n]["p50_ms"], vl), ">= 10x", ""])
+            raw.append((ct[on]["latency"][n]["p50_ms"], vl))
             rows.append([f"classifier p50 @ {n} tok: onnxruntime / Vallum", ratio(ct[on]["latency"][n]["p50_ms"], vl), "> 1x", ""])
         except (KeyError, TypeError):
             pass
     try:
+        raw.append((ct[vn]["throughput_texts_s"], ct[tn]["throughput_texts_s"]))
         rows.append(["classifier throughput: Vallum / PyTorch", ratio(ct[vn]["throughput_texts_s"], ct[tn]["throughput_texts_s"]), ">= 10x", ""])
+        raw.append((ct[vn]["throughput_texts_s"], ct[on]["throughput_texts_s"]))
         rows.append(["classifier throughput: Vallum / onnxruntime", ratio(ct[vn]["throughput_texts_s"], ct[on]["throughput_texts_s"]), "> 1x", ""])
     except (KeyError, TypeError):
         pass
-    L.append(table(["ratio", "measured", "target", "note"], rows) + "\n")
+    rows = [r[:3] + [met(a, b, r[2])] + r[3:] for r, (a, b) in zip(rows, raw)]
+    L.append(table(["ratio", "measured", "target", "met", "note"], rows) + "\n")
 
     # ------------------------------------------------------------ signatures
     if S:
@@ -182,11 +212,11 @@ def write(R, repo: Path, plots_dir: Path):
         rows = [[n, f(d.get("mb_s")), f(d.get("seconds")), d.get("records_hit") if d.get("records_hit") is not None else "n/a", d.get("passes", "")]
                 for n, d in st.items() if "mb_s" in d]
         rows += [[n, "error: " + d["error"], "", "", ""] for n, d in st.items() if "error" in d]
-        L.append(table(["tool", "MB/s", "seconds", "records hit", "passes (best of)"], rows))
+        L.append(table(["tool", "MB/s", "seconds (one pass)", "records hit", "passes"], rows))
         if S.get("vallum_engine_only_mb_s"):
             per_rec = S["bytes"] / S["records"]
             eng = S["vallum_engine_only_mb_s"]
-            L.append(f"\nVallum engine time alone (sum of `verdict.elapsed_us`, default rules, no binding overhead): "
+            L.append(f"\nVallum engine time alone (sum of `verdict.elapsed_us` over the median pass, default rules, no binding overhead): "
                      f"{f(eng)} MB/s, i.e. about {per_rec / eng:.0f} us per record of ~{per_rec:.0f} bytes. The cost is the "
                      "engine's prompt path (normalisation into several views, de-obfuscation, phrase automata and "
                      "about 100 regex rules per view), not the binding.\n")
@@ -212,8 +242,8 @@ def write(R, repo: Path, plots_dir: Path):
                 rows.append([n, "error: " + d["error"][:200]] + [""] * 6)
                 continue
             rows.append([n, f(d["mb_s"], 3), f(d["recall"], 3), f(d["precision"], 3), f(d["recall_secrets"], 3),
-                         f(d["recall_pii"], 3), d["predicted_spans"], d["false_positive_spans"]])
-        L.append(table(["tool", "MB/s", "recall", "precision", "recall secrets", "recall PII", "findings", "false positives"], rows) + "\n")
+                         f(d["recall_pii"], 3), d["predicted_spans"], d["false_positive_spans"], d.get("passes", "")])
+        L.append(table(["tool", "MB/s", "recall", "precision", "recall secrets", "recall PII", "findings", "false positives", "passes"], rows) + "\n")
         kinds = sorted({k for d in dt.values() for k in d.get("recall_by_kind", {})})
         if kinds:
             L.append("Recall by planted kind:\n")

@@ -598,10 +598,10 @@ def main_inner(args):
     PLOTS.mkdir(parents=True, exist_ok=True)
     R = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
          "peers": json.loads((WORK / "peers.json").read_text()) if (WORK / "peers.json").exists() else {},
-         "errors": {}}
+         "errors": {}, "speed_rounds": SPEED_ROUNDS}
     if args.only and (WORK / "results.json").exists():  # update one step of an earlier full run
         prev = json.loads((WORK / "results.json").read_text())
-        prev.update({k: R[k] for k in ("peers",)})
+        prev.update({k: R[k] for k in ("peers", "speed_rounds")})
         prev.setdefault("errors", {})
         for k in args.only:
             prev["errors"].pop(k, None)
