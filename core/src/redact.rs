@@ -706,9 +706,54 @@ fn detectors() -> &'static [Detector] {
 /// 17 (`connection_string`) and 40 more, each at most 3 bytes (U+212A KELVIN SIGN).
 const ASSIGNMENT_KEY_MAX_BYTES: usize = 97 * 3;
 
-/// Longest stretch from a secret assignment's separator to its end, in bytes: a two-byte
-/// separator, 8 blanks, a quote and a value of 256 characters of up to 4 bytes.
-const ASSIGNMENT_TAIL_MAX_BYTES: usize = 2 + 8 + 1 + 256 * 4;
+/// Where a secret assignment whose separator starts at byte `p` ends at the latest: after the
+/// separator (`:`, `=`, `:=` or `=>`), up to 8 blanks, a quote, and the value's run of
+/// characters (the pattern's value class) up to 257 of them (256, plus the `=` that starts the
+/// value when `:=` is read as `:`).
+fn assignment_tail_end(text: &str, p: usize) -> usize {
+    let b = text.as_bytes();
+    let mut q = p + 1;
+    if matches!(b.get(q), Some(b'=' | b'>')) {
+        q += 1;
+    }
+    let mut blanks = 0;
+    while blanks < 8 && matches!(b.get(q), Some(b' ' | b'\t')) {
+        q += 1;
+        blanks += 1;
+    }
+    if matches!(b.get(q), Some(b'"' | b'\'' | b'`')) {
+        q += 1;
+    }
+    // ASCII bytes by table (all but white space, `\t`..`\r` and ` `, and the pattern's excluded
+    // punctuation), others by `char::is_whitespace` (the pattern's `\s`).
+    const ASCII_VALUE: [bool; 128] = {
+        let mut t = [true; 128];
+        let excluded = b"\t\n\x0b\x0c\r \"'`,;<>(){}[]";
+        let mut i = 0;
+        while i < excluded.len() {
+            t[excluded[i] as usize] = false;
+            i += 1;
+        }
+        t
+    };
+    let mut chars = 0;
+    while q < b.len() && chars < 257 {
+        if b[q] < 0x80 {
+            if !ASCII_VALUE[b[q] as usize] {
+                break;
+            }
+            q += 1;
+        } else {
+            let c = text[q..].chars().next().unwrap_or(' ');
+            if c.is_whitespace() {
+                break;
+            }
+            q += c.len_utf8();
+        }
+        chars += 1;
+    }
+    q
+}
 
 /// The secret-assignment regex's leftmost match starting at or after `at`, found from the
 /// separators (`:` and `=`, found with SIMD `memchr`) instead of a regex search through the
@@ -741,10 +786,7 @@ fn next_assignment<'t>(re: &Regex, text: &'t str, at: usize) -> Option<regex::Ma
         if run_start == key_end || !keywords.is_match(&text[run_start..key_end]) {
             continue;
         }
-        let mut end = (p + ASSIGNMENT_TAIL_MAX_BYTES).min(text.len());
-        while !text.is_char_boundary(end) {
-            end += 1;
-        }
+        let end = assignment_tail_end(text, p);
         if let Some(m) = re.find_at(&text[..end], run_start) {
             if m.start() < key_end {
                 return Some(m);
@@ -1566,6 +1608,7 @@ mod tests {
             "password", "PaSsWoRd", "pa\u{17F}\u{17F}word", "api_\u{212A}ey", "connection-string", "token", "x", "my.app-",
             "_", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "\"", "'", "`", " ", "\t", "        ", ":", "=", ":=",
             "=>", "Tr0ub4dor&3x", "k9#Lm2$vQ8", "é", ",", "\n", "S3cr3t!x9Q#S3cr3t!x9Q#S3cr3t!x9Q#S3cr3t!x9Q#",
+            "\u{1}", "\u{7f}", "\u{85}", "\u{3000}", "\x0b", "\u{1F}",
         ]), 1..30)) {
             let text: String = parts.concat();
             let re = &detectors().iter().find(|d| d.entity == Entity::SecretAssignment).unwrap().re;
