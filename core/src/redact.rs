@@ -229,14 +229,15 @@ enum Gate {
     /// No gate.
     None,
     /// Every match starts with one of these literals (case-sensitive). One Aho-Corasick pass
-    /// over the text (see [`literal_gates`]) answers for every detector and for
-    /// [`Gate::Keywords`], instead of one regex prefilter search per detector.
+    /// over the text (see [`literal_gates`]) answers for every detector, instead of one regex
+    /// prefilter search per detector.
     Prefixes(&'static [&'static str]),
     /// Every match consists only of digits and ` .-()+`: run the regex on each maximal run of
     /// those characters (see [`digit_runs`]) that the [`RunNeed`] admits, not on the whole text.
     DigitRuns(RunNeed),
-    /// A match holds one of the assignment keywords (see [`KEYWORD_LITERALS`]).
-    Keywords,
+    /// Secret assignments: candidates are found from their separators (see
+    /// [`next_assignment`]), whose keys must hold a keyword of [`KEYWORD_LITERALS`].
+    Separators,
     /// A match holds two `:` separated by at most four hex digits.
     HexColons,
     /// Every match starts with two ASCII capitals and a digit and consists of `[A-Z0-9 ]` and
@@ -414,77 +415,46 @@ fn digit_scan(text: &str) -> DigitScan {
 /// (U+017F LONG S ~ `s`, U+212A KELVIN SIGN ~ `k`), which the regex's `(?i)` also accepts.
 const KEYWORD_LITERALS: [&str; 10] = ["pass", "pwd", "secret", "key", "token", "bearer", "credential", "conn", "\u{17F}", "\u{212A}"];
 
-/// One automaton over [`KEYWORD_LITERALS`] and every detector's [`Gate::Prefixes`] literals,
-/// ASCII case-insensitive (prefix hits are then compared exactly), with, per pattern, the index
-/// of the detector it opens (`None` for a keyword) and the literal.
+/// Every detector's [`Gate::Prefixes`] literals in one automaton (leftmost-first, searched with
+/// the crate's SIMD prefilter), with the index of the detector each one opens; and the
+/// assignment keywords alone (ASCII case-insensitive, see [`next_assignment`]).
 struct LiteralGates {
-    /// A full DFA with standard (overlapping) match semantics, walked byte by byte in
-    /// [`open_literal_gates`]: a few instructions a byte, where the crate's overlapping
-    /// iterator costs several times more on short texts.
-    dfa: aho_corasick::dfa::DFA,
-    owner: Vec<(Option<usize>, &'static str)>,
-    /// [`KEYWORD_LITERALS`] alone (see [`next_assignment`]).
+    prefixes: AhoCorasick,
+    owner: Vec<usize>,
     keywords: AhoCorasick,
 }
 
 fn literal_gates() -> &'static LiteralGates {
     static G: OnceLock<LiteralGates> = OnceLock::new();
     G.get_or_init(|| {
-        let mut owner: Vec<(Option<usize>, &'static str)> = KEYWORD_LITERALS.iter().map(|k| (None, *k)).collect();
+        let mut owner = Vec::new();
+        let mut literals = Vec::new();
         for (i, d) in detectors().iter().enumerate() {
             if let Gate::Prefixes(lits) = d.gate {
-                owner.extend(lits.iter().map(|l| (Some(i), *l)));
+                owner.extend(lits.iter().map(|_| i));
+                literals.extend(lits.iter().copied());
             }
         }
-        let dfa = aho_corasick::dfa::Builder::new()
-            .match_kind(MatchKind::Standard)
-            .ascii_case_insensitive(true)
-            .prefilter(false)
-            .start_kind(aho_corasick::StartKind::Unanchored)
-            .build(owner.iter().map(|o| o.1))
-            .unwrap_or_else(|_| aho_corasick::dfa::DFA::new(["\u{0}"]).expect("one literal"));
-        let keywords = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .build(KEYWORD_LITERALS)
-            .unwrap_or_else(|_| AhoCorasick::new(["\u{0}"]).expect("one literal"));
-        LiteralGates { dfa, owner, keywords }
+        let fallback = || AhoCorasick::new(["\u{0}"]).expect("one literal");
+        let prefixes = AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostFirst).build(&literals).unwrap_or_else(|_| fallback());
+        let keywords = AhoCorasickBuilder::new().ascii_case_insensitive(true).build(KEYWORD_LITERALS).unwrap_or_else(|_| fallback());
+        LiteralGates { prefixes, owner, keywords }
     })
 }
 
-/// Above this many bytes [`open_literal_gates`] opens every prefix gate without looking and
-/// stops at the first keyword: each regex's own prefilter (SIMD substring search) then skips
-/// through a long text faster than a walk that must see every byte. Below it, one walk costs
-/// less than a dozen regex calls.
-const LITERAL_GATES_MAX_BYTES: usize = 4096;
-
-/// Which literal gates `text` opens: whether it holds an assignment keyword, and a bit per
-/// detector index whose prefixes occur (case-sensitive).
-fn open_literal_gates(text: &str) -> (bool, u64) {
-    use aho_corasick::automaton::Automaton;
+/// A bit per detector index whose [`Gate::Prefixes`] literals occur in `text`. Each search
+/// restarts one byte after the last hit's start, so every position where a literal starts is
+/// seen; as no literal is a prefix of another (`prefix_literals_are_prefix_free`), that is every
+/// occurrence of every literal.
+fn open_literal_gates(text: &str) -> u64 {
     let g = literal_gates();
-    let long = text.len() > LITERAL_GATES_MAX_BYTES;
-    let (mut keywords, mut prefixes) = (false, if long { u64::MAX } else { 0 });
-    let Ok(mut sid) = g.dfa.start_state(aho_corasick::Anchored::No) else { return (true, u64::MAX) };
-    for (i, &byte) in text.as_bytes().iter().enumerate() {
-        sid = g.dfa.next_state(aho_corasick::Anchored::No, sid, byte);
-        if !g.dfa.is_special(sid) || !g.dfa.is_match(sid) {
-            continue;
-        }
-        for k in 0..g.dfa.match_len(sid) {
-            match g.owner[g.dfa.match_pattern(sid, k).as_usize()] {
-                (None, _) => keywords = true,
-                (Some(d), lit) => {
-                    if text.as_bytes().get(i + 1 - lit.len()..=i) == Some(lit.as_bytes()) {
-                        prefixes |= 1 << d;
-                    }
-                }
-            }
-        }
-        if long && keywords {
-            break;
-        }
+    let mut open = 0u64;
+    let mut at = 0;
+    while let Some(m) = g.prefixes.find(aho_corasick::Input::new(text).span(at..text.len())) {
+        open |= 1 << g.owner[m.pattern().as_usize()];
+        at = m.start() + 1;
     }
-    (keywords, prefixes)
+    open
 }
 
 fn hex_colons(text: &str) -> bool {
@@ -681,7 +651,7 @@ fn detectors() -> &'static [Detector] {
             pre(&["sk_live_", "sk_test_", "rk_live_", "rk_test_", "whsec_"], d(Entity::StripeKey, r"(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,247}|whsec_[A-Za-z0-9]{24,64}", 0, check_token)),
             pre(&["AIza"], d(Entity::GoogleApiKey, r"AIza[0-9A-Za-z_\-]{35}", 0, check_token)),
             pre(&["eyJ"], d(Entity::Jwt, r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}", 0, check_jwt)),
-            g(Gate::Keywords, d(
+            g(Gate::Separators, d(
                 Entity::SecretAssignment,
                 r#"(?i)([A-Za-z0-9_.\-]{0,40}(?:password|passwd|passphrase|pwd|secret|api[_\-]?key|apikey|access[_\-]?key|private[_\-]?key|auth[_\-]?token|access[_\-]?token|refresh[_\-]?token|bearer|token|credentials?|client[_\-]?secret|conn(?:ection)?[_\-]?string)[A-Za-z0-9_]{0,40})["']?[ \t]{0,8}(?::=|=>|=|:)[ \t]{0,8}["'`]?([^\s"'`,;<>(){}\[\]]{6,256})"#,
                 2,
@@ -1012,7 +982,7 @@ impl Redactor {
         let mut out = Vec::new();
         let whole = [DigitRun { start: 0, end: text.len(), ..DigitRun::default() }];
         let mut scan: Option<DigitScan> = None;
-        let mut literals: Option<(bool, u64)> = None;
+        let mut literals: Option<u64> = None;
         let mut spans: Vec<(usize, usize)> = Vec::new();
         for (i, d) in detectors().iter().enumerate() {
             if !self.on(d.entity) {
@@ -1021,8 +991,8 @@ impl Redactor {
             let gate = if gated { d.gate } else { Gate::None };
             let open = match gate {
                 Gate::None | Gate::DigitRuns(_) => true,
-                Gate::Prefixes(_) => literals.get_or_insert_with(|| open_literal_gates(text)).1 & (1 << i) != 0,
-                Gate::Keywords => literals.get_or_insert_with(|| open_literal_gates(text)).0,
+                Gate::Prefixes(_) => *literals.get_or_insert_with(|| open_literal_gates(text)) & (1 << i) != 0,
+                Gate::Separators => true,
                 Gate::HexColons => hex_colons(text),
                 Gate::CapsRuns(_) => true,
             };
@@ -1620,31 +1590,31 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The DFA walk opens exactly the gates whose literals occur.
+        /// The literal search opens exactly the gates whose literals occur.
         #[test]
         fn literal_gates_match_substring_search(parts in proptest::collection::vec(proptest::sample::select(vec![
             "ACC", "A", "AIza", "ASIA", "asia", "KIA", "eyJ", "EYJ", "gh", "p_", "sk", "-", "_live_", "xox", "PASS", "w0rd",
             "\u{212A}", "\u{17F}", "to", "ken", "é", " ", "-----BEGIN ", "https://hooks.slack.com/", "whsec_", "rk_test_",
-        ]), 0..30), long in proptest::bool::ANY) {
-            let mut text: String = parts.concat();
-            if long {
-                text = format!("{}{text}", " ".repeat(LITERAL_GATES_MAX_BYTES + 1));
-            }
-            let lower = text.to_ascii_lowercase();
-            let keywords = KEYWORD_LITERALS.iter().any(|k| lower.contains(&k.to_ascii_lowercase()));
+        ]), 0..30)) {
+            let text: String = parts.concat();
             let mut prefixes = 0u64;
             for (i, d) in detectors().iter().enumerate() {
                 if let Gate::Prefixes(lits) = d.gate {
-                    if long || lits.iter().any(|l| text.contains(l)) {
+                    if lits.iter().any(|l| text.contains(l)) {
                         prefixes |= 1 << i;
                     }
                 }
             }
-            let (k, p) = open_literal_gates(&text);
-            proptest::prop_assert_eq!(k, keywords, "{:?}", text);
-            proptest::prop_assert_eq!(p & prefixes, prefixes, "{:?}", text);
-            if !long {
-                proptest::prop_assert_eq!(p, prefixes, "{:?}", text);
+            proptest::prop_assert_eq!(open_literal_gates(&text), prefixes, "{:?}", text);
+        }
+    }
+
+    #[test]
+    fn prefix_literals_are_prefix_free() {
+        let lits: Vec<&str> = detectors().iter().filter_map(|d| match d.gate { Gate::Prefixes(l) => Some(l), _ => None }).flatten().copied().collect();
+        for a in &lits {
+            for b in &lits {
+                assert!(a == b || !b.starts_with(a), "{a:?} is a prefix of {b:?}");
             }
         }
     }
@@ -1701,10 +1671,11 @@ mod tests {
         let sites = |t| caps_digit_sites(t).collect::<Vec<_>>();
         assert_eq!(sites("GB82 x DE\u{663} Gb82 G82 ABC1"), vec![0, 7, 22]);
         assert_eq!(sites("8A"), Vec::<usize>::new());
-        assert!(open_literal_gates("My PassWord").0 && open_literal_gates("\u{212A}EY").0 && !open_literal_gates("hello").0);
         let aws = detectors().iter().position(|d| d.entity == Entity::AwsAccessKey).unwrap();
-        assert_eq!(open_literal_gates("in ASIA").1, 1 << aws);
-        assert_eq!(open_literal_gates("in Asia, eyj"), (false, 0));
+        let google = detectors().iter().position(|d| d.entity == Entity::GoogleApiKey).unwrap();
+        assert_eq!(open_literal_gates("in ASIA"), 1 << aws);
+        assert_eq!(open_literal_gates("key ACCAIza"), 1 << aws | 1 << google);
+        assert_eq!(open_literal_gates("in Asia, eyj"), 0);
         assert!(detectors().len() <= 64, "one bit per detector");
     }
 
