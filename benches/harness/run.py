@@ -109,12 +109,16 @@ def import_vallum():
     if profile != "release":
         sys.exit(f"run.py: the vallum extension in bindings-python/python is a {profile} build; "
                  "rebuild it with `(cd bindings-python && maturin develop --release)` before benchmarking")
-    # `maturin develop` does not copy the model: a bundle left from an older build would be timed
-    # (and scored) instead of models/vallum-pi-minilm.
-    bundled = Path(vallum.__file__).parent / "model/MANIFEST"
-    if not bundled.exists() or bundled.read_bytes() != (MODEL_DIR / "MANIFEST").read_bytes():
-        sys.exit(f"run.py: {bundled} is missing or differs from {MODEL_DIR / 'MANIFEST'}; copy the model: "
-                 f"`cp {MODEL_DIR}/{{MANIFEST,config.json,model.onnx,tokenizer.json}} {bundled.parent}/`")
+    # `maturin develop` does not copy the model (build_wheel.sh does): without this a missing
+    # bundle would fail and one left from an older build would be timed instead of
+    # models/vallum-pi-minilm.
+    bundled = Path(vallum.__file__).parent / "model"
+    if not (bundled / "MANIFEST").exists() or (bundled / "MANIFEST").read_bytes() != (MODEL_DIR / "MANIFEST").read_bytes():
+        import shutil
+        bundled.mkdir(exist_ok=True)
+        for f in ("MANIFEST", "config.json", "model.onnx", "tokenizer.json"):
+            shutil.copyfile(MODEL_DIR / f, bundled / f)
+        log(f"copied {MODEL_DIR} into {bundled} (the package's bundled model was missing or older)")
     return vallum
 
 
