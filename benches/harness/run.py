@@ -596,6 +596,16 @@ def machine():
             "python": platform.python_version(), "loadavg_start": load}
 
 
+def harness_report():
+    """benches/harness/report.py, loaded by path: the classifier step puts models/ first on
+    sys.path, and models/report.py (the training report) would be imported instead."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("vallum_harness_report", HERE / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main_inner(args):
     sys.path.insert(0, str(HERE))
     WORK.mkdir(exist_ok=True)
@@ -635,8 +645,7 @@ def main_inner(args):
     if not args.only:
         R["total_s"] = time.time() - T0
     (WORK / "results.json").write_text(json.dumps(R, indent=1, default=str))
-    import report
-    report.write(R, REPO, PLOTS)
+    harness_report().write(R, REPO, PLOTS)
     log(f"done in {(time.time() - T0) / 60:.1f} min: benches/RESULTS.md, benches/plots/")
 
 
@@ -653,7 +662,6 @@ if __name__ == "__main__":
         bootstrap(sys.argv[1:])
     elif a.report_only:
         sys.path.insert(0, str(HERE))
-        import report
-        report.write(json.loads((WORK / "results.json").read_text()), REPO, PLOTS)
+        harness_report().write(json.loads((WORK / "results.json").read_text()), REPO, PLOTS)
     else:
         main_inner(a)
