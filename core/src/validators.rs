@@ -162,9 +162,17 @@ pub fn is_placeholder(v: &str) -> bool {
     l.starts_with("your") && (l.ends_with("here") || l.contains("key") || l.contains("token") || l.contains("password"))
         || l.starts_with('<')
         || l.chars().all(|c| c == first)
-        || ["changeme", "change_me", "example", "placeholder", "redacted", "xxxxxxxx", "dummy", "replace_me", "insert"]
-            .iter()
-            .any(|p| l.contains(p))
+        || placeholder_words().is_match(&l)
+}
+
+/// Words that mark a value as a placeholder, in one automaton (one pass instead of nine
+/// substring searches per candidate secret).
+fn placeholder_words() -> &'static aho_corasick::AhoCorasick {
+    static W: std::sync::OnceLock<aho_corasick::AhoCorasick> = std::sync::OnceLock::new();
+    W.get_or_init(|| {
+        aho_corasick::AhoCorasick::new(["changeme", "change_me", "example", "placeholder", "redacted", "xxxxxxxx", "dummy", "replace_me", "insert"])
+            .unwrap_or_else(|_| aho_corasick::AhoCorasick::new(["\u{0}"]).expect("one literal"))
+    })
 }
 
 #[cfg(test)]
@@ -209,5 +217,9 @@ mod tests {
         assert!(looks_like_identifier("settings.Read"));
         assert!(!looks_like_identifier("Tr0ub4dor&3"));
         assert!(is_placeholder("your_api_key_here"));
+        for v in ["<token>", "aaaaaaaa", "CHANGEME123", "my-example-key", "PLACEHOLDER", "[REDACTED]1", "dummy_pw", "insert_here"] {
+            assert!(is_placeholder(v), "{v}");
+        }
+        assert!(!is_placeholder("Tr0ub4dor&3x") && !is_placeholder("k9#Lm2$vQ8"));
     }
 }
