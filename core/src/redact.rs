@@ -384,7 +384,8 @@ fn digit_scan(text: &str) -> DigitScan {
     while let Some(k) = digit_or_non_ascii(&b[i..]) {
         i += k;
         let after_caps = i >= 2 && b[i - 1].is_ascii_uppercase() && b[i - 2].is_ascii_uppercase();
-        if after_caps && scan.caps_runs.last().is_none_or(|r| r.end <= i) {
+        // A start at `i - 2` inside the last caps run is already covered by it.
+        if after_caps && scan.caps_runs.last().is_none_or(|r| r.end <= i - 2) {
             scan.caps_runs.push(caps_run(text, i - 2));
         }
         let Some((len, true)) = class_at(i) else {
@@ -415,13 +416,24 @@ fn digit_scan(text: &str) -> DigitScan {
 /// (U+017F LONG S ~ `s`, U+212A KELVIN SIGN ~ `k`), which the regex's `(?i)` also accepts.
 const KEYWORD_LITERALS: [&str; 10] = ["pass", "pwd", "secret", "key", "token", "bearer", "credential", "conn", "\u{17F}", "\u{212A}"];
 
+/// The secret-assignment pattern's keywords written out (its alternation, where a keyword that
+/// holds another, such as `auth_token`, is covered by the shorter one): every ASCII key the
+/// pattern accepts contains one of them, ASCII case-insensitively.
+const ASSIGNMENT_KEYWORDS: [&str; 23] = [
+    "password", "passwd", "passphrase", "pwd", "secret", "apikey", "api_key", "api-key", "accesskey", "access_key",
+    "access-key", "privatekey", "private_key", "private-key", "token", "bearer", "credential", "connstring", "conn_string",
+    "conn-string", "connectionstring", "connection_string", "connection-string",
+];
+
 /// Every detector's [`Gate::Prefixes`] literals in one automaton (leftmost-first, searched with
 /// the crate's SIMD prefilter), with the index of the detector each one opens; and the
-/// assignment keywords alone (ASCII case-insensitive, see [`next_assignment`]).
+/// assignment keywords (ASCII case-insensitive, see [`next_assignment`]): the literals for any
+/// key, the whole words for an ASCII key.
 struct LiteralGates {
     prefixes: AhoCorasick,
     owner: Vec<usize>,
     keywords: AhoCorasick,
+    ascii_keywords: AhoCorasick,
 }
 
 fn literal_gates() -> &'static LiteralGates {
@@ -438,7 +450,9 @@ fn literal_gates() -> &'static LiteralGates {
         let fallback = || AhoCorasick::new(["\u{0}"]).expect("one literal");
         let prefixes = AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostFirst).build(&literals).unwrap_or_else(|_| fallback());
         let keywords = AhoCorasickBuilder::new().ascii_case_insensitive(true).build(KEYWORD_LITERALS).unwrap_or_else(|_| fallback());
-        LiteralGates { prefixes, owner, keywords }
+        let ascii_keywords =
+            AhoCorasickBuilder::new().ascii_case_insensitive(true).build(ASSIGNMENT_KEYWORDS).unwrap_or_else(|_| fallback());
+        LiteralGates { prefixes, owner, keywords, ascii_keywords }
     })
 }
 
@@ -736,7 +750,7 @@ fn assignment_tail_end(text: &str, p: usize) -> usize {
 fn next_assignment<'t>(re: &Regex, text: &'t str, at: usize) -> Option<regex::Match<'t>> {
     let b = text.as_bytes();
     let key_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '\u{212A}' | '\u{17F}');
-    let keywords = &literal_gates().keywords;
+    let gates = literal_gates();
     for p in memchr::memchr2_iter(b':', b'=', b.get(at..)?).map(|k| at + k) {
         let mut key_end = p;
         while key_end > 0 && p - key_end < 8 && matches!(b[key_end - 1], b' ' | b'\t') {
@@ -753,7 +767,11 @@ fn next_assignment<'t>(re: &Regex, text: &'t str, at: usize) -> Option<regex::Ma
             lo += 1;
         }
         let run_start = text[lo..key_end].char_indices().rev().take_while(|&(_, c)| key_char(c)).last().map_or(key_end, |(i, _)| lo + i);
-        if run_start == key_end || !keywords.is_match(&text[run_start..key_end]) {
+        // An ASCII key must hold a whole keyword (`key=` alone is no assignment); a key with
+        // U+212A or U+017F, which `(?i)` reads as `k` and `s`, is checked by its literals only.
+        let key = &text[run_start..key_end];
+        let keywords = if key.is_ascii() { &gates.ascii_keywords } else { &gates.keywords };
+        if run_start == key_end || !keywords.is_match(key) {
             continue;
         }
         let end = assignment_tail_end(text, p);
@@ -1576,6 +1594,7 @@ mod tests {
         #[test]
         fn next_assignment_equals_find_at(parts in proptest::collection::vec(proptest::sample::select(vec![
             "password", "PaSsWoRd", "pa\u{17F}\u{17F}word", "api_\u{212A}ey", "connection-string", "token", "x", "my.app-",
+            "key", "api_key", "API-KEY", "apikey", "conn", "string", "Bearer",
             "_", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "\"", "'", "`", " ", "\t", "        ", ":", "=", ":=",
             "=>", "Tr0ub4dor&3x", "k9#Lm2$vQ8", "é", ",", "\n", "S3cr3t!x9Q#S3cr3t!x9Q#S3cr3t!x9Q#S3cr3t!x9Q#",
             "\u{1}", "\u{7f}", "\u{85}", "\u{3000}", "\x0b", "\u{1F}",
@@ -1668,6 +1687,8 @@ mod tests {
         assert_eq!((r[2].digits, r[2].parens, r[2].spaces, r[2].plus), (10, 1, 3, 1));
         assert!(RunNeed::Ipv4.admits(&r[0]) && !RunNeed::Ssn.admits(&r[0]) && RunNeed::Ssn.admits(&r[1]) && RunNeed::Phone.admits(&r[2]));
         assert!(hex_colons("fe80::1") && hex_colons("a:b:c") && hex_colons("abcd:1234:") && !hex_colons("time: 10:30") && !hex_colons("x: y: z"));
+        // Two starts in one caps run (the second before a non-ASCII letter) give one run.
+        assert_eq!(digit_scan("GB82WEST12345698765432 XY\u{e9}").caps_runs.len(), 1);
         let sites = |t| caps_digit_sites(t).collect::<Vec<_>>();
         assert_eq!(sites("GB82 x DE\u{663} Gb82 G82 ABC1"), vec![0, 7, 22]);
         assert_eq!(sites("8A"), Vec::<usize>::new());
