@@ -183,7 +183,7 @@ def bench_signatures(R):
     fw2 = vallum.Firewall(vallum.Policy.from_json(sig_policy_json(phrases)))
     eng_us = []
 
-    def over_corpus(name, fn):
+    def over_corpus(fn):
         def run():
             return sum(fn(x) for x in corpus)
         return run
@@ -192,9 +192,9 @@ def bench_signatures(R):
         v = fw.scan_prompt(x)
         eng_us.append(v.elapsed_us)
         return 1 if v.matches else 0
-    contenders = [("Vallum scan_prompt (default rules)", over_corpus("vallum", v_default), None),
+    contenders = [("Vallum scan_prompt (default rules)", over_corpus(v_default), None),
                   ("Vallum scan_prompt (default rules + harness phrases)",
-                   over_corpus("vallum+phrases", lambda x: 1 if fw2.scan_prompt(x).matches else 0), None)]
+                   over_corpus(lambda x: 1 if fw2.scan_prompt(x).matches else 0), None)]
     try:
         import ahocorasick
         A = ahocorasick.Automaton()
@@ -202,14 +202,14 @@ def bench_signatures(R):
             A.add_word(p, i)
         A.make_automaton()
         contenders += [
-            ("pyahocorasick (lower() + iter)", over_corpus("pyahocorasick", lambda x: 1 if any(True for _ in A.iter(x.lower())) else 0), None),
-            ("pyahocorasick (iter, no case folding)", over_corpus("pyahocorasick raw", lambda x: 1 if any(True for _ in A.iter(x)) else 0), None),
+            ("pyahocorasick (lower() + iter)", over_corpus(lambda x: 1 if any(True for _ in A.iter(x.lower())) else 0), None),
+            ("pyahocorasick (iter, no case folding)", over_corpus(lambda x: 1 if any(True for _ in A.iter(x)) else 0), None),
         ]
     except ImportError as e:
         res["tools"]["pyahocorasick"] = {"error": f"not installed: {e}"}
     rx = re.compile("|".join(re.escape(p) for p in sorted(phrases, key=len, reverse=True)), re.I)
     # ~9 s a pass and not a target: one pass.
-    contenders.append(("Python re alternation (IGNORECASE)", over_corpus("re", lambda x: 1 if rx.search(x) else 0), 1))
+    contenders.append(("Python re alternation (IGNORECASE)", over_corpus(lambda x: 1 if rx.search(x) else 0), 1))
     for name, (secs, hits, passes) in interleaved(contenders, SPEED_ROUNDS).items():
         res["tools"][name] = {"seconds": secs, "mb_s": mbps(nbytes, secs), "records_hit": hits, "passes": passes}
         log(f"  {name}: {mbps(nbytes, secs):.2f} MB/s, {hits} records hit ({passes} passes)")
@@ -281,14 +281,15 @@ def bench_redaction(R):
     log(f"redaction: {len(records)} records, {nbytes / 1e6:.2f} MB, {sum(len(r['spans']) for r in records)} planted spans")
     res = {"records": len(records), "bytes": nbytes, "planted": sum(len(r["spans"]) for r in records), "tools": {}}
 
-    # Each contender: (name, run over all records -> per-record outputs, to_spans(text, output)).
-    # `to_spans` (conversion for scoring) runs after the clock stops.
-    contenders, to_spans = [], {}
+    # Each contender: (name, one timed pass, cap), and to_preds[name](output of a pass) ->
+    # per-record char spans for scoring, run after the clock stops.
+    contenders, to_preds = [], {}
     texts = [r["text"] for r in records]
 
-    def add(name, fn, spans, cap=None):
-        contenders.append((name, lambda: [fn(x) for x in texts], cap))
-        to_spans[name] = spans
+    def add(name, fn, spans):
+        """A tool called once per record; spans(text, output) -> its char spans."""
+        contenders.append((name, lambda: [fn(x) for x in texts], None))
+        to_preds[name] = lambda out: [spans(r["text"], o) for r, o in zip(records, out)]
 
     fw = vallum.Firewall(vallum.Policy.from_json('{"classifier": {"enabled": false}}'))
     add("Vallum scan_output", fw.scan_output,
@@ -300,7 +301,6 @@ def bench_redaction(R):
     for r in records:
         starts.append(pos)
         pos += len(r["text"].encode()) + 1
-    contenders.append(("Vallum scan_output (whole corpus as one document)", lambda: fw.scan_output(doc), None))
 
     def doc_preds(o):
         import bisect
@@ -311,20 +311,12 @@ def bench_redaction(R):
             preds[i].extend(byte_to_char_spans(text, [(fnd.start - base, min(fnd.end - base, len(text.encode())))]))
         return preds
 
+    contenders.append(("Vallum scan_output (whole corpus as one document)", lambda: fw.scan_output(doc), None))
+    to_preds["Vallum scan_output (whole corpus as one document)"] = doc_preds
+
     # detect-secrets: its own file scan (all default plugins and filters), one record per line.
     ds_path = WORK / "redaction_corpus.txt"
-    ds_path.write_text("".join(r["text"] + "\n" for r in records))
-    try:
-        from detect_secrets.core import scan as ds_scan
-        from detect_secrets.settings import default_settings
-
-        def ds_run():
-            with default_settings():
-                return list(ds_scan.scan_file(str(ds_path)))
-        contenders.append(("detect-secrets (scan_file, default plugins)", ds_run, None))
-    except Exception as e:  # noqa: BLE001
-        res["tools"]["detect-secrets"] = {"error": repr(e)}
-        log(f"  detect-secrets FAILED: {e!r}")
+    ds_path.write_text(doc)
 
     def ds_preds(found):
         preds = [[] for _ in records]
@@ -336,6 +328,19 @@ def bench_redaction(R):
                 preds[sec.line_number - 1].append((i, i + len(v)))
                 i = line.find(v, i + 1)
         return preds
+
+    try:
+        from detect_secrets.core import scan as ds_scan
+        from detect_secrets.settings import default_settings
+
+        def ds_run():
+            with default_settings():
+                return list(ds_scan.scan_file(str(ds_path)))
+        contenders.append(("detect-secrets (scan_file, default plugins)", ds_run, None))
+        to_preds["detect-secrets (scan_file, default plugins)"] = ds_preds
+    except Exception as e:  # noqa: BLE001
+        res["tools"]["detect-secrets"] = {"error": repr(e)}
+        log(f"  detect-secrets FAILED: {e!r}")
 
     # Presidio: AnalyzerEngine with a blank spaCy pipeline and the predefined pattern recognizers.
     try:
@@ -369,13 +374,7 @@ def bench_redaction(R):
         log(f"  presidio FAILED: {e!r}")
 
     for name, (secs, out, passes) in interleaved(contenders, SPEED_ROUNDS).items():
-        if name.startswith("detect-secrets"):
-            preds = ds_preds(out)
-        elif name.endswith("as one document)"):
-            preds = doc_preds(out)
-        else:
-            preds = [to_spans[name](r["text"], o) for r, o in zip(records, out)]
-        m = overlap_metrics(records, preds)
+        m = overlap_metrics(records, to_preds[name](out))
         res["tools"][name] = {"seconds": secs, "mb_s": mbps(nbytes, secs), "passes": passes, **m}
         log(f"  {name}: {mbps(nbytes, secs):.3f} MB/s recall {m['recall']:.3f} precision {m['precision'] or 0:.3f} ({passes} passes)")
     R["redaction"] = res

@@ -1,8 +1,9 @@
 //! Python bindings for Vallum (PyO3, abi3). Thin: converts types and maps errors; every
 //! behaviour lives in the `vallum` core crate.
 //!
-//! Every call that scans releases the GIL (`py.detach`) and runs inside `catch_unwind`, so no
-//! Rust panic crosses into Python: an internal fault becomes `VallumError(code="internal")`.
+//! Every call into the engine runs inside `catch_unwind`, so no Rust panic crosses into Python:
+//! an internal fault becomes `VallumError(code="internal")`. Calls release the GIL
+//! (`py.detach`), except short scans without the classifier (see [`enter_core_sized`]).
 
 use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -40,10 +41,14 @@ fn map_err(e: vallum::Error) -> PyErr {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The error a caught engine panic becomes.
+fn internal_error<E>(_: E) -> PyErr {
+    raise("internal", "internal error in the Vallum engine (please report)".into())
+}
+
 /// Runs `f` without the GIL and without letting a panic escape.
 fn enter_core<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> PyResult<T> {
-    py.detach(|| catch_unwind(AssertUnwindSafe(f)))
-        .map_err(|_| raise("internal", "internal error in the Vallum engine (please report)".into()))
+    py.detach(|| catch_unwind(AssertUnwindSafe(f))).map_err(internal_error)
 }
 
 /// Inputs shorter than this many bytes are scanned with the GIL held when no classifier runs:
@@ -57,7 +62,7 @@ fn enter_core_sized<T: Send>(py: Python<'_>, bytes: usize, heavy: bool, f: impl 
     if heavy || bytes >= DETACH_MIN_BYTES {
         return enter_core(py, f);
     }
-    catch_unwind(AssertUnwindSafe(f)).map_err(|_| raise("internal", "internal error in the Vallum engine (please report)".into()))
+    catch_unwind(AssertUnwindSafe(f)).map_err(internal_error)
 }
 
 /// Accepts `str` or `bytes` (UTF-8), borrowed when Python already holds it as UTF-8; invalid

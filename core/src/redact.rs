@@ -708,8 +708,12 @@ fn assignment_tail_end(text: &str, p: usize) -> usize {
     if matches!(b.get(q), Some(b'"' | b'\'' | b'`')) {
         q += 1;
     }
-    // ASCII bytes by table (all but white space, `\t`..`\r` and ` `, and the pattern's excluded
-    // punctuation), others by `char::is_whitespace` (the pattern's `\s`).
+    q + text[q..].chars().take(257).take_while(|&c| value_char(c)).map(char::len_utf8).sum::<usize>()
+}
+
+/// Whether `c` is in the secret-assignment pattern's value class `[^\s"'`,;<>(){}\[\]]`
+/// (`\s` is Unicode White_Space, as `char::is_whitespace`); ASCII by table.
+fn value_char(c: char) -> bool {
     const ASCII_VALUE: [bool; 128] = {
         let mut t = [true; 128];
         let excluded = b"\t\n\x0b\x0c\r \"'`,;<>(){}[]";
@@ -720,23 +724,11 @@ fn assignment_tail_end(text: &str, p: usize) -> usize {
         }
         t
     };
-    let mut chars = 0;
-    while q < b.len() && chars < 257 {
-        if b[q] < 0x80 {
-            if !ASCII_VALUE[b[q] as usize] {
-                break;
-            }
-            q += 1;
-        } else {
-            let c = text[q..].chars().next().unwrap_or(' ');
-            if c.is_whitespace() {
-                break;
-            }
-            q += c.len_utf8();
-        }
-        chars += 1;
+    if c.is_ascii() {
+        ASCII_VALUE[c as usize]
+    } else {
+        !c.is_whitespace()
     }
-    q
 }
 
 /// The secret-assignment regex's leftmost match starting at or after `at`, found from the
@@ -811,8 +803,7 @@ fn split_assignment(text: &str, s: usize, e: usize) -> Option<(Range<usize>, Ran
     p += usize::from(matches!(b.get(p), Some(b'"' | b'\'' | b'`')));
     let value = text.get(p..e)?;
     let n = value.chars().count();
-    let valid = (6..=256).contains(&n)
-        && !value.chars().any(|c| c.is_whitespace() || "\"'`,;<>(){}[]".contains(c));
+    let valid = (6..=256).contains(&n) && value.chars().all(value_char);
     valid.then_some((s..key_end, p..e))
 }
 
@@ -1007,12 +998,11 @@ impl Redactor {
                 continue;
             }
             let gate = if gated { d.gate } else { Gate::None };
+            // Gates that narrow where the regex runs (below) leave the detector open here.
             let open = match gate {
-                Gate::None | Gate::DigitRuns(_) => true,
                 Gate::Prefixes(_) => *literals.get_or_insert_with(|| open_literal_gates(text)) & (1 << i) != 0,
-                Gate::Separators => true,
                 Gate::HexColons => hex_colons(text),
-                Gate::CapsRuns(_) => true,
+                Gate::None | Gate::DigitRuns(_) | Gate::Separators | Gate::CapsRuns(_) => true,
             };
             if !open {
                 continue;
@@ -1030,8 +1020,7 @@ impl Redactor {
                         .filter(|r| need.is_none_or(|n| n.admits(r)))
                         .flat_map(|r| d.re.find_iter(&text[r.start..r.end]).map(move |m| (r.start + m.start(), r.start + m.end()))),
                 );
-                for &m in &spans {
-                    let (s, e) = m;
+                for &(s, e) in &spans {
                     if let Some(r) = raw.as_deref_mut() {
                         r.push((s, e));
                     }
