@@ -415,6 +415,15 @@ impl Builder {
 /// Builds the views of `text`. `text` must be at most `u32::MAX` bytes (the engine scans large
 /// inputs in chunks far below that).
 pub fn normalize(text: &str) -> Views {
+    if text.is_ascii() {
+        let (view, wide_gaps) = ascii_canonical(text.as_bytes());
+        return derive(view, wide_gaps, Flags::default(), 0);
+    }
+    normalize_any(text)
+}
+
+/// [`normalize`] for any text, character by character.
+fn normalize_any(text: &str) -> Views {
     let mut b = Builder {
         view: View::with_capacity(text.len()),
         wide_gaps: Vec::new(),
@@ -454,8 +463,48 @@ pub fn normalize(text: &str) -> Views {
         i += len;
     }
     b.end_token();
-    let Builder { view, wide_gaps, mut flags, carriers, .. } = b;
+    let Builder { view, wide_gaps, flags, carriers, .. } = b;
+    derive(view, wide_gaps, flags, carriers)
+}
 
+/// The canonical view of an all-ASCII text and its wide gaps (see `Builder::wide_gaps`): what
+/// the general path gives for ASCII (nothing to fold, no look-alikes, no invisible characters:
+/// lower case and whitespace runs collapsed to one space, leading and trailing ones dropped), in
+/// bulk: each run of non-whitespace bytes is copied and mapped at once.
+fn ascii_canonical(bytes: &[u8]) -> (View, Vec<usize>) {
+    let n = bytes.len();
+    let mut text: Vec<u8> = Vec::with_capacity(n);
+    let mut orig_start: Vec<u32> = Vec::with_capacity(n);
+    let mut orig_end: Vec<u32> = Vec::with_capacity(n);
+    let mut wide_gaps = Vec::new();
+    let mut i = 0usize;
+    while i < n {
+        // A whitespace run [i, j), then a word [j, k).
+        let j = bytes[i..].iter().position(|b| !b.is_ascii_whitespace()).map_or(n, |p| i + p);
+        if j == n {
+            break;
+        }
+        if j > i && !text.is_empty() {
+            if j - i >= 2 {
+                wide_gaps.push(text.len());
+            }
+            text.push(b' ');
+            orig_start.push(i as u32);
+            orig_end.push(j as u32);
+        }
+        let k = bytes[j..].iter().position(u8::is_ascii_whitespace).map_or(n, |p| j + p);
+        text.extend(bytes[j..k].iter().map(u8::to_ascii_lowercase));
+        orig_start.extend(j as u32..k as u32);
+        orig_end.extend(j as u32 + 1..k as u32 + 1);
+        i = k;
+    }
+    // ASCII in, ASCII out: `from_utf8` cannot fail.
+    let text = String::from_utf8(text).unwrap_or_default();
+    (View { text, orig_start, orig_end }, wide_gaps)
+}
+
+/// The derived views of a canonical view (leetspeak, despaced, compact) and the final flags.
+fn derive(view: View, wide_gaps: Vec<usize>, mut flags: Flags, carriers: u32) -> Views {
     let leetspeak = leet_view(&view);
     let (despaced, compact) = if let Some(runs) = spaced_runs(&view.text) {
         flags.letter_spacing = true;
@@ -471,6 +520,37 @@ pub fn normalize(text: &str) -> Views {
 /// all-digit words made only of leet digits (`70` = "to", `47` = "at") are folded too. `None` if
 /// no word qualifies.
 fn leet_view(view: &View) -> Option<View> {
+    if has_mixed_leet_word(view.text.as_bytes()) {
+        leet_fold(view)
+    } else {
+        None
+    }
+}
+
+/// Whether the text has a leetspeak word at all (see [`leet_view`]). Most texts have none, and
+/// this finds that out from the leet characters alone (few in prose) instead of walking every
+/// word.
+fn has_mixed_leet_word(bytes: &[u8]) -> bool {
+    let is_tok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'@' || b == b'$';
+    let mixed_at = |p: usize| {
+        let s = bytes[..p].iter().rposition(|&b| !is_tok(b)).map_or(0, |q| q + 1);
+        let e = bytes[p..].iter().position(|&b| !is_tok(b)).map_or(bytes.len(), |q| p + q);
+        bytes[s..e].iter().any(u8::is_ascii_lowercase)
+    };
+    let mut p = 0;
+    while p < bytes.len() {
+        match bytes[p..].iter().position(|&b| leet(b).is_some()) {
+            None => return false,
+            Some(q) if mixed_at(p + q) => return true,
+            // Skip the rest of this word: it has no letter.
+            Some(q) => p = bytes[p + q..].iter().position(|&b| !is_tok(b)).map_or(bytes.len(), |r| p + q + r),
+        }
+    }
+    false
+}
+
+/// [`leet_view`] without the pre-check.
+fn leet_fold(view: &View) -> Option<View> {
     let bytes = view.text.as_bytes();
     let is_tok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'@' || b == b'$';
     let mut out: Option<Vec<u8>> = None;
@@ -529,6 +609,14 @@ fn leet_view(view: &View) -> Option<View> {
 /// separated by one or two other bytes. Returns their byte ranges in the view, or `None` if
 /// there are none. Non-ASCII bytes count as word bytes.
 fn spaced_runs(text: &str) -> Option<Vec<(usize, usize)>> {
+    if text.is_ascii() && !has_four_spaced_letters(text.as_bytes()) {
+        return None;
+    }
+    spaced_runs_scan(text)
+}
+
+/// [`spaced_runs`] without the ASCII pre-check.
+fn spaced_runs_scan(text: &str) -> Option<Vec<(usize, usize)>> {
     let b = text.as_bytes();
     let word = |c: u8| c.is_ascii_alphanumeric() || c >= 0x80;
     let mut runs = Vec::new();
@@ -569,6 +657,41 @@ fn spaced_runs(text: &str) -> Option<Vec<(usize, usize)>> {
         runs.push((rs, last_end));
     }
     (!runs.is_empty()).then_some(runs)
+}
+
+/// True when an ASCII text holds four one-letter words in a row, each 2 or 3 bytes after the
+/// one before (one or two separators between them): the condition for a run in
+/// [`spaced_runs`] (a longer word between two of them would put them at least 5 bytes apart),
+/// checked on 64-byte windows as bit masks instead of word by word. Windows start every 48
+/// bytes, so every 12-byte stretch (a chain of four and its two neighbours) lies inside one
+/// window away from its edges.
+fn has_four_spaced_letters(b: &[u8]) -> bool {
+    let mut base = 0usize;
+    loop {
+        let w = &b[base..b.len().min(base + 64)];
+        let mut m = 0u64; // bit j: byte base + j is a letter or digit
+        for (j, c) in w.iter().enumerate() {
+            m |= u64::from(c.is_ascii_alphanumeric()) << j;
+        }
+        let mut single = m & !(m << 1) & !(m >> 1);
+        if base > 0 {
+            single &= !1; // its left neighbour is outside this window
+        }
+        if base + 64 < b.len() {
+            single &= !(1 << 63); // its right neighbour is outside this window
+        }
+        let mut chain = single;
+        for _ in 0..3 {
+            chain = single & ((chain << 2) | (chain << 3));
+        }
+        if chain != 0 {
+            return true;
+        }
+        if base + 64 >= b.len() {
+            return false;
+        }
+        base += 48;
+    }
 }
 
 /// Re-joins letter-by-letter runs: separators inside a run are removed, except the collapsed
@@ -662,6 +785,33 @@ mod tests {
         let s = v.text.find(needle).expect("needle in view");
         let (a, b) = v.map_span(s, s + needle.len()).unwrap();
         &orig[a..b]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        /// The ASCII fast paths give exactly what the general paths give: the same views, maps,
+        /// wide gaps, letter-spacing runs and leetspeak views.
+        #[test]
+        fn ascii_fast_paths_equal_the_general_ones(parts in proptest::collection::vec(proptest::sample::select(vec![
+            "a", "b", "i", "g", "N", "O", "r", "e", " ", "  ", "\t", "\n", "\r\n", ".", "-", "1", "3", "0", "@", "$", "7",
+            "word", "Ignore", "h4ck", "p@ss", "2024", "x", "_",
+        ]), 0..40)) {
+            let text = parts.concat();
+            let fast = normalize(&text);
+            let slow = normalize_any(&text);
+            let dump = |v: &View| (v.text.clone(), v.orig_start.clone(), v.orig_end.clone());
+            proptest::prop_assert_eq!(dump(&fast.canonical), dump(&slow.canonical));
+            proptest::prop_assert_eq!(fast.despaced.as_ref().map(dump), slow.despaced.as_ref().map(dump));
+            proptest::prop_assert_eq!(fast.compact.as_ref().map(dump), slow.compact.as_ref().map(dump));
+            proptest::prop_assert_eq!(fast.leetspeak.as_ref().map(dump), slow.leetspeak.as_ref().map(dump));
+            proptest::prop_assert_eq!(&fast.flags, &slow.flags);
+            let canon = &fast.canonical.text;
+            proptest::prop_assert_eq!(has_mixed_leet_word(canon.as_bytes()), leet_fold(&fast.canonical).is_some(), "{:?}", canon);
+            proptest::prop_assert_eq!(has_four_spaced_letters(canon.as_bytes()), spaced_runs_scan(canon).is_some(), "{:?}", canon);
+            // Longer texts cross the 64-byte windows of the pre-check.
+            let long = format!("{}{}", "word ".repeat(parts.len() % 23), text);
+            proptest::prop_assert_eq!(has_four_spaced_letters(long.as_bytes()), spaced_runs_scan(&long).is_some(), "{:?}", long);
+        }
     }
 
     #[test]
