@@ -154,7 +154,7 @@ pub(crate) struct SignatureSet {
     /// Phrases (`0..n_phrases`, rule in `phrase_rule`) followed by the literal prefixes of the
     /// patterns that have a finite set of them (pattern in `gate_pattern[i - n_phrases]`): a
     /// single pass finds phrase hits and every place a gated pattern can start (usually none).
-    literals: Option<AhoCorasick>,
+    literals: Option<GateAutomaton>,
     n_phrases: usize,
     phrase_rule: Vec<u32>,
     compact: Option<AhoCorasick>,
@@ -163,6 +163,36 @@ pub(crate) struct SignatureSet {
     gate_pattern: Vec<u32>,
     /// Patterns without usable literal prefixes: always searched.
     ungated: Vec<u32>,
+}
+
+/// The automaton of the phrases and prefix literals, walked state by state (see
+/// [`for_each_overlapping`]).
+type GateAutomaton = aho_corasick::nfa::contiguous::NFA;
+
+/// Calls `f(literal, start, end)` for every occurrence of every literal of `ac` in `hay`,
+/// overlapping ones included, in order of their end: what `AhoCorasick::find_overlapping_iter`
+/// reports, walking the automaton by hand, which costs less per reported occurrence.
+fn for_each_overlapping(ac: &GateAutomaton, hay: &[u8], mut f: impl FnMut(usize, usize, usize)) {
+    use aho_corasick::automaton::Automaton;
+    let Ok(mut sid) = ac.start_state(aho_corasick::Anchored::No) else {
+        return;
+    };
+    for (i, &b) in hay.iter().enumerate() {
+        sid = ac.next_state(aho_corasick::Anchored::No, sid, b);
+        // Special states are the dead, match and start states; only match states report.
+        if ac.is_special(sid) {
+            if ac.is_dead(sid) {
+                return;
+            }
+            if !ac.is_match(sid) {
+                continue;
+            }
+            for k in 0..ac.match_len(sid) {
+                let pid = ac.match_pattern(sid, k);
+                f(pid.as_usize(), i + 1 - ac.pattern_len(pid), i + 1);
+            }
+        }
+    }
 }
 
 /// Shortest compact phrase (bytes) matched on the compact view: short ones would match across
@@ -299,7 +329,16 @@ impl SignatureSet {
             gate_pattern,
             ungated,
             rules,
-            literals: build_ac(&literals, "phrases and pattern prefixes")?,
+            literals: if literals.is_empty() {
+                None
+            } else {
+                Some(
+                    GateAutomaton::builder()
+                        .match_kind(MatchKind::Standard)
+                        .build(&literals)
+                        .map_err(|e| Error::rule(format!("phrases and pattern prefixes: {e}")))?,
+                )
+            },
             n_phrases,
             phrase_rule,
             compact: build_ac(&compact, "phrases")?,
@@ -339,14 +378,13 @@ impl SignatureSet {
         // Phrase hits, and (pattern, start) for every place a gated pattern can start.
         let mut starts: Vec<(u32, usize)> = Vec::new();
         if let Some(ac) = &self.literals {
-            for m in ac.find_overlapping_iter(text) {
-                let i = m.pattern().as_usize();
+            for_each_overlapping(ac, text.as_bytes(), |i, start, end| {
                 if i < self.n_phrases {
-                    push(self.phrase_rule[i], m.start(), m.end());
+                    push(self.phrase_rule[i], start, end);
                 } else if !phrases_only {
-                    starts.push((self.gate_pattern[i - self.n_phrases], m.start()));
+                    starts.push((self.gate_pattern[i - self.n_phrases], start));
                 }
-            }
+            });
         }
         if phrases_only {
             return;
@@ -727,6 +765,21 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// The hand walk of the gate automaton reports exactly `find_overlapping_iter`'s
+        /// occurrences, in the same order.
+        #[test]
+        fn automaton_walk_equals_overlapping_iter(
+            pats in proptest::collection::vec("[ab ]{1,4}", 1..12),
+            hay in "[abc ]{0,40}",
+        ) {
+            let walk = GateAutomaton::builder().match_kind(MatchKind::Standard).build(&pats).unwrap();
+            let mut got = Vec::new();
+            for_each_overlapping(&walk, hay.as_bytes(), |p, s, e| got.push((p, s, e)));
+            let ac = AhoCorasickBuilder::new().match_kind(MatchKind::Standard).build(&pats).unwrap();
+            let want: Vec<_> = ac.find_overlapping_iter(&hay).map(|m| (m.pattern().as_usize(), m.start(), m.end())).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+
         /// Anchored searches at the gate's start positions find exactly what `find_iter` over
         /// the whole view finds, for every pattern of the default pack, on word soup made of
         /// the words its patterns use.
