@@ -161,12 +161,11 @@ impl View {
         self.orig_end.push(oe);
     }
 
-    /// Appends a run of ASCII bytes (lower-cased) that starts at original offset `os`.
+    /// Appends a run of ASCII characters (lower-cased) that starts at original offset `os`.
     #[inline]
-    fn push_ascii_run(&mut self, run: &[u8], os: u32) {
+    fn push_ascii_run(&mut self, run: &str, os: u32) {
         debug_assert!(run.is_ascii());
-        // ASCII lower-casing keeps UTF-8 validity; `from_utf8` cannot fail on ASCII.
-        self.text.push_str(std::str::from_utf8(run).unwrap_or(""));
+        self.text.push_str(run);
         let n = self.text.len();
         self.text[n - run.len()..].make_ascii_lowercase();
         self.orig_start.extend(os..os + run.len() as u32);
@@ -452,7 +451,8 @@ fn normalize_any(text: &str) -> Views {
             }
             b.flush_ws();
             b.tok_ascii_letters += bytes[i..j].iter().filter(|c| c.is_ascii_alphabetic()).count() as u32;
-            b.view.push_ascii_run(&bytes[i..j], i as u32);
+            // `i..j` is a run of ASCII bytes, so both ends are character boundaries.
+            b.view.push_ascii_run(&text[i..j], i as u32);
             i = j;
             continue;
         }
