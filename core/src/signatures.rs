@@ -171,7 +171,9 @@ type GateAutomaton = aho_corasick::nfa::contiguous::NFA;
 
 /// Calls `f(literal, start, end)` for every occurrence of every literal of `ac` in `hay`,
 /// overlapping ones included, in order of their end: what `AhoCorasick::find_overlapping_iter`
-/// reports, walking the automaton by hand, which costs less per reported occurrence.
+/// reports, walking the automaton by hand, which costs less per reported occurrence. Every
+/// literal must be non-empty (`compile` rejects empty phrases and prefix literals): the walk
+/// does not report the matches of the start state, which only an empty literal has.
 fn for_each_overlapping(ac: &GateAutomaton, hay: &[u8], mut f: impl FnMut(usize, usize, usize)) {
     use aho_corasick::automaton::Automaton;
     let Ok(mut sid) = ac.start_state(aho_corasick::Anchored::No) else {
