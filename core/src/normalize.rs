@@ -415,7 +415,7 @@ impl Builder {
 /// inputs in chunks far below that).
 pub fn normalize(text: &str) -> Views {
     if text.is_ascii() {
-        let (view, wide_gaps) = ascii_canonical(text.as_bytes());
+        let (view, wide_gaps) = ascii_canonical(text);
         return derive(view, wide_gaps, Flags::default(), 0);
     }
     normalize_any(text)
@@ -471,11 +471,10 @@ fn normalize_any(text: &str) -> Views {
 /// the general path gives for ASCII (nothing to fold, no look-alikes, no invisible characters:
 /// lower case and whitespace runs collapsed to one space, leading and trailing ones dropped), in
 /// bulk: each run of non-whitespace bytes is copied and mapped at once.
-fn ascii_canonical(bytes: &[u8]) -> (View, Vec<usize>) {
+fn ascii_canonical(text: &str) -> (View, Vec<usize>) {
+    let bytes = text.as_bytes();
     let n = bytes.len();
-    let mut text: Vec<u8> = Vec::with_capacity(n);
-    let mut orig_start: Vec<u32> = Vec::with_capacity(n);
-    let mut orig_end: Vec<u32> = Vec::with_capacity(n);
+    let mut view = View::with_capacity(n);
     let mut wide_gaps = Vec::new();
     let mut i = 0usize;
     while i < n {
@@ -484,23 +483,17 @@ fn ascii_canonical(bytes: &[u8]) -> (View, Vec<usize>) {
         if j == n {
             break;
         }
-        if j > i && !text.is_empty() {
+        if j > i && !view.text.is_empty() {
             if j - i >= 2 {
-                wide_gaps.push(text.len());
+                wide_gaps.push(view.text.len());
             }
-            text.push(b' ');
-            orig_start.push(i as u32);
-            orig_end.push(j as u32);
+            view.push_ascii(b' ', i as u32, j as u32);
         }
         let k = bytes[j..].iter().position(u8::is_ascii_whitespace).map_or(n, |p| j + p);
-        text.extend(bytes[j..k].iter().map(u8::to_ascii_lowercase));
-        orig_start.extend(j as u32..k as u32);
-        orig_end.extend(j as u32 + 1..k as u32 + 1);
+        view.push_ascii_run(&text[j..k], j as u32);
         i = k;
     }
-    // ASCII in, ASCII out: `from_utf8` cannot fail.
-    let text = String::from_utf8(text).unwrap_or_default();
-    (View { text, orig_start, orig_end }, wide_gaps)
+    (view, wide_gaps)
 }
 
 /// The derived views of a canonical view (leetspeak, despaced, compact) and the final flags.
@@ -531,7 +524,7 @@ fn leet_view(view: &View) -> Option<View> {
 /// this finds that out from the leet characters alone (few in prose) instead of walking every
 /// word.
 fn has_mixed_leet_word(bytes: &[u8]) -> bool {
-    let is_tok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'@' || b == b'$';
+    let is_tok = is_leet_word_byte;
     let mixed_at = |p: usize| {
         let s = bytes[..p].iter().rposition(|&b| !is_tok(b)).map_or(0, |q| q + 1);
         let e = bytes[p..].iter().position(|&b| !is_tok(b)).map_or(bytes.len(), |q| p + q);
@@ -549,10 +542,15 @@ fn has_mixed_leet_word(bytes: &[u8]) -> bool {
     false
 }
 
+/// A byte of a word as [`leet_view`] sees words: `[a-z0-9@$]`.
+fn is_leet_word_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'@' || b == b'$'
+}
+
 /// [`leet_view`] without the pre-check.
 fn leet_fold(view: &View) -> Option<View> {
     let bytes = view.text.as_bytes();
-    let is_tok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'@' || b == b'$';
+    let is_tok = is_leet_word_byte;
     let mut out: Option<Vec<u8>> = None;
     let mut mixed = 0usize;
     let mut digit_words: Vec<(usize, usize)> = Vec::new();
