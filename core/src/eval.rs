@@ -109,6 +109,10 @@ pub fn tpr_at_fpr(scores: &[(f32, bool)], max_fpr: f64) -> Option<f64> {
 pub struct Report {
     /// Decision counted as a positive prediction.
     pub positive_at: String,
+    /// Whether the numbers include the classifier: `"used"`, `"disabled"` (by the policy or
+    /// `--signatures-only`) or `"unavailable"` (enabled, but its model or ONNX Runtime could not
+    /// be loaded, so the scores are the signature layer's alone).
+    pub classifier: String,
     /// Examples.
     pub n: usize,
     /// Overall TPR.

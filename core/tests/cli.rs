@@ -103,6 +103,17 @@ fn eval_json_has_the_documented_keys() {
     assert_eq!(v["fpr"], 0.0);
     assert_eq!(v["auc"], 1.0);
     assert!(v["per_source"]["set"].is_object(), "rows without source use the file name");
+    // The report says whether the classifier's scores are in it (a missing ONNX Runtime must
+    // not pass signature-only numbers off as the full engine's).
+    let c = v["classifier"].as_str().unwrap_or_default().to_string();
+    assert!(c == "used" || c == "unavailable", "{v}");
+    if std::env::var_os("VALLUM_REQUIRE_ORT").is_some() {
+        assert_eq!(c, "used");
+    }
+    let (code, out, _) = run(&["eval", "--json", "--signatures-only", f.to_str().unwrap()], b"");
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["classifier"], "disabled");
     let (code, out, _) = run(&["eval", f.to_str().unwrap()], b"");
     assert_eq!(code, 0);
     assert!(out.contains("OVERALL") && out.contains("AUC"));

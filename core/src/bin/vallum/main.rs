@@ -370,9 +370,14 @@ fn eval(
     } else {
         firewall(policy, None)?
     };
-    if !signatures_only && !fw.has_classifier() {
+    let classifier = if fw.has_classifier() {
+        "used"
+    } else if signatures_only || !fw.policy().classifier.enabled {
+        "disabled"
+    } else {
         eprintln!("vallum: classifier unavailable, evaluating signatures only (see `classifier` in the verdicts)");
-    }
+        "unavailable"
+    };
     let mut by_source: std::collections::BTreeMap<String, Vec<(f32, bool)>> = Default::default();
     let min = match positive_at {
         PositiveAt::Flag => Action::Flag,
@@ -389,7 +394,7 @@ fn eval(
         indicatif::ProgressStyle::with_template("{spinner} eval [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let mut report = Report { positive_at: min.as_str().into(), ..Default::default() };
+    let mut report = Report { positive_at: min.as_str().into(), classifier: classifier.into(), ..Default::default() };
     let mut scores: Vec<(f32, bool)> = Vec::new();
     let mut ok = true;
     for p in paths {
@@ -462,7 +467,7 @@ fn eval(
         }
         println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
     } else {
-        println!("positive = decision >= {}", report.positive_at);
+        println!("positive = decision >= {}; classifier {}", report.positive_at, report.classifier);
         println!("{:<34} {:>6} {:>6} {:>6} {:>8} {:>8} {:>9} {:>8}", "source", "n", "pos", "neg", "TPR", "FPR", "precision", "F1");
         let row = |name: &str, c: &Counts| {
             println!(
