@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import random
 import string
 import tomllib
@@ -20,7 +21,7 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = Path("/work/shared/data")
+DATA = Path(os.environ.get("VALLUM_DATA", Path(__file__).resolve().parents[3] / "shared/data"))
 
 
 # ---------------------------------------------------------------- phrases

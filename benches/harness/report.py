@@ -98,6 +98,23 @@ def plots(R, plots_dir: Path):
     return made
 
 
+
+def dev_sentence(V):
+    """Where the dev rows of the eval section came from, and whether they match the training split."""
+    src = V.get("dev_source", "")
+    out = ("The *dev* split is the held-out part of the training data (near-duplicate clusters kept on one "
+           f"side), {V.get('dev_rows')} rows")
+    if src == "models/split.py":
+        chk = V.get("dev_split_check") or {}
+        bad = chk.get("mismatches")
+        out += (" of shared/data recomputed by `models/split.py` (the split train.py uses; the hard negatives "
+                "train.py collects from its own Python environment are not included); its per-source counts "
+                + (f"match the training run's in {chk.get('against')} ({chk.get('groups')} source/label groups); "
+                   if bad == [] else f"differ from the training run's in {len(bad or [])} groups: {bad}; "))
+    else:
+        out += f" from {src}; "
+    return out
+
 def write(R, repo: Path, plots_dir: Path):
     plots_dir.mkdir(parents=True, exist_ok=True)
     c = R.get("classifier", {})  # JSON turns int keys into strings: back to ints
@@ -129,10 +146,12 @@ def write(R, repo: Path, plots_dir: Path):
              "does one pass) and the round keeps the median pass; each tool's best round counts. No progress bar "
              "or other bookkeeping runs inside a timed pass. Classifier: fixed iteration counts, p50/p99 per call.\n")
     L.append("## Reproduce\n\n```sh\ncargo build --release -p vallum             # the CLI, for eval and the CLI rows\n"
-             "(cd bindings-python && maturin develop --release)   # or install the wheel; run.py imports bindings-python/python\n"
-             "python3 benches/harness/run.py             # creates benches/harness/.venv, installs the peers, ~10-15 min\n"
+             "(cd bindings-python && maturin develop --release)   # run.py imports bindings-python/python\n"
+             "(cd bindings-node && npm ci --ignore-scripts && npm run build)   # the Express app of the e2e step\n"
+             "python3 benches/harness/run.py             # creates benches/harness/.venv and .venv-torch, installs the peers\n"
              "python3 benches/harness/run.py --only classifier   # one step; --report-only re-renders this file\n```\n")
-    L.append("Peers (installed by the harness into `benches/harness/.venv` from PyPI):\n")
+    L.append("Peers (installed by the harness from PyPI into `benches/harness/.venv`, and PyTorch's into "
+             "`benches/harness/.venv-torch`):\n")
     L.append(table(["package", "status"], [[p, ("ok " + str(s.get("version"))) if s.get("installed") else "**NOT INSTALLED**"]
                                           for p, s in R.get("peers", {}).items()]) + "\n")
     if R.get("errors"):
@@ -360,8 +379,7 @@ def write(R, repo: Path, plots_dir: Path):
         if V.get("error"):
             L.append(f"**eval failed:** {V['error']}\n")
         L.append("Positive = decision `flag` or above. "
-                 + ("The *dev* split is the held-out part of the training data (near-duplicate clusters kept on one "
-                    f"side), {V.get('dev_rows')} rows written by models/train.py; " if V.get("dev_rows") else "")
+                 + (dev_sentence(V) if V.get("dev_rows") else "")
                  + "*all* = every row of shared/data/*/*.jsonl, which the classifier was trained on (its train side), "
                  "so the full-engine *all* numbers are optimistic; the signature-only numbers are not trained.\n")
         if V.get("dev_note"):
@@ -372,14 +390,14 @@ def write(R, repo: Path, plots_dir: Path):
             if not d:
                 continue
             if "error" in d:
-                rows.append([tag, "error"] + [""] * 6)
+                rows.append([tag, "**error:** " + d["error"][:300].replace("|", "/").replace("\n", " ")] + [""] * 6)
                 continue
             rows.append([tag, d["n"], f(d.get("auc"), 4), f(d.get("tpr"), 4), f(d.get("fpr"), 4), f(d.get("precision"), 4),
                          f(d.get("tpr_at_1pct_fpr"), 4), f(d.get("wall_s"), 0)])
         L.append(table(["run", "rows", "AUC", "TPR", "FPR", "precision", "TPR @ 1% FPR", "wall s"], rows) + "\n")
         for full, sig, title in (("dev_full", "dev_signatures", "Per source, dev split"),
                                  ("all_full", "all_signatures", "Per source, all data")):
-            if full not in V or "per_source" not in V.get(full, {}):
+            if full not in V or "per_source" not in V.get(full, {}) or "error" in V[full]:
                 continue
             L.append(f"### {title} (full engine vs signatures only)\n")
             rows = []

@@ -13,7 +13,7 @@ with fixed iteration counts (about 10-15 minutes on 2 cores):
  2. redaction: Vallum scan_output vs detect-secrets and Presidio pattern recognizers (blank spaCy
     pipeline), MB/s and span-overlap recall/precision on a generated labelled corpus;
  3. classifier: Vallum (Rust, via the Python binding) vs Python onnxruntime on the same
-    model.onnx vs the PyTorch model (models/vallum_lib.py, in the training venv), p50/p99 at
+    model.onnx vs the PyTorch model (models/vallum_lib.py, same weights, .venv-torch), p50/p99 at
     16/128/512 tokens and throughput;
  4. end to end: bindings-python/bench/bench_middleware.py and bindings-node/bench/bench.mjs;
  5. detection quality: `vallum eval` (full engine and --signatures-only), per source, ROC plots.
@@ -21,10 +21,16 @@ with fixed iteration counts (about 10-15 minutes on 2 cores):
 Writes benches/RESULTS.md, benches/plots/*.svg, benches/plots/roc/ and the raw numbers in
 benches/harness/.work/results.json. Generated corpora stay in benches/harness/.work/.
 
-Environment: VALLUM_PYTHON (interpreter with vallum + fastapi for bench_middleware.py, default
-/work/venv-py/bin/python), VALLUM_TORCH_PYTHON (default /work/venv-train/bin/python),
-VALLUM_TORCH_CHECKPOINT, VALLUM_DEV_ROWS (dev split rows JSON written by models/train.py),
-VALLUM_DATA (default /work/shared/data).
+Everything it needs beyond the build comes from PyPI: the peers, fastapi/uvicorn/httpx for the
+FastAPI app, and PyTorch in a second environment, benches/harness/.venv-torch. The dev split for
+`vallum eval` is recomputed from shared/data by models/split.py.
+
+Environment (all optional): VALLUM_PYTHON (interpreter with vallum, fastapi, uvicorn and httpx for
+bench_middleware.py; default the harness venv with bindings-python/python on PYTHONPATH),
+VALLUM_TORCH_PYTHON (an interpreter with torch, onnx and tokenizers instead of .venv-torch),
+VALLUM_TORCH_CHECKPOINT (fp32 checkpoint from train.py instead of model.onnx's weights),
+VALLUM_DEV_ROWS (dev_rows.json written by models/train.py instead of models/split.py's),
+VALLUM_DATA (default ../shared/data beside the repository).
 """
 from __future__ import annotations
 
@@ -48,33 +54,51 @@ MODEL_DIR = REPO / "models/vallum-pi-minilm"
 # Interleaved timing rounds for the signature and redaction comparisons (best of this many).
 SPEED_ROUNDS = 3
 PEERS = ["numpy", "tqdm", "matplotlib", "tokenizers", "onnxruntime", "pyahocorasick",
-         "detect-secrets", "presidio-analyzer"]
+         "detect-secrets", "presidio-analyzer",
+         # the FastAPI app of the end-to-end step (bindings-python/bench/bench_middleware.py)
+         "fastapi", "uvicorn", "httpx"]
+# The PyTorch pipeline of the classifier step runs in its own environment (torch from PyPI is
+# about 2 GB with its CUDA libraries; only its CPU path is used). onnx reads model.onnx's weights.
+TORCH_VENV = HERE / ".venv-torch"
+TORCH_PEERS = ["torch", "numpy", "tokenizers", "onnx"]
 
 
 # ============================================================== bootstrap
 
-def bootstrap(argv):
-    WORK.mkdir(exist_ok=True)
-    py = VENV / "bin/python"
+def install_peers(venv, packages, label=""):
+    """Creates `venv` if missing and pip-installs each package its interpreter cannot import.
+    Returns {package + label: {"installed": bool, "version": str | None}}; a failed install is
+    printed with pip's error and reported, never skipped silently."""
+    py = venv / "bin/python"
     if not py.exists():
-        print(f"[setup] creating {VENV}", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        print(f"[setup] creating {venv}", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     status = {}
-    for p in PEERS:
+    for p in packages:
         mod = {"detect-secrets": "detect_secrets", "presidio-analyzer": "presidio_analyzer",
                "pyahocorasick": "ahocorasick"}.get(p, p)
         ok = subprocess.run([str(py), "-c", f"import {mod}"], capture_output=True).returncode == 0
         if not ok:
-            print(f"[setup] pip install {p}", flush=True)
+            print(f"[setup] pip install {p}{label}", flush=True)
             r = subprocess.run([str(py), "-m", "pip", "install", "-q", p], capture_output=True, text=True)
             ok = r.returncode == 0
             if not ok:
                 print(f"[setup] FAILED to install {p}:\n{r.stderr[-2000:]}", flush=True)
         ver = subprocess.run([str(py), "-m", "pip", "show", p], capture_output=True, text=True).stdout
         ver = next((line.split(":", 1)[1].strip() for line in ver.splitlines() if line.startswith("Version:")), None)
-        status[p] = {"installed": ok, "version": ver}
-        print(f"[setup] {p}: {'ok ' + str(ver) if ok else 'NOT INSTALLED'}", flush=True)
+        status[p + label] = {"installed": ok, "version": ver}
+        print(f"[setup] {p}{label}: {'ok ' + str(ver) if ok else 'NOT INSTALLED'}", flush=True)
+    return status
+
+
+def bootstrap(argv):
+    WORK.mkdir(exist_ok=True)
+    status = install_peers(VENV, PEERS)
+    only = argv[argv.index("--only") + 1:] if "--only" in argv else None
+    if not os.environ.get("VALLUM_TORCH_PYTHON") and "--report-only" not in argv and (only is None or "classifier" in only):
+        status.update(install_peers(TORCH_VENV, TORCH_PEERS, label=" (.venv-torch)"))
     (WORK / "peers.json").write_text(json.dumps(status, indent=1))
+    py = VENV / "bin/python"
     os.execv(str(py), [str(py), str(Path(__file__).resolve()), "--inner", *argv])
 
 
@@ -471,14 +495,14 @@ def bench_classifier(R, sizes, iters):
         diffs = [abs(a - b) for a, b in zip(v_scores, o_scores) if a is not None]
         res["vallum_vs_ort_max_abs_score_diff"] = max(diffs) if diffs else None
 
-    # PyTorch (training venv)
-    tpy = os.environ.get("VALLUM_TORCH_PYTHON", "/work/venv-train/bin/python")
+    # PyTorch, in the environment bootstrap() made (or VALLUM_TORCH_PYTHON)
+    tpy = os.environ.get("VALLUM_TORCH_PYTHON") or str(TORCH_VENV / "bin/python")
     if not Path(tpy).exists():
-        res["torch_error"] = f"no torch interpreter at {tpy} (set VALLUM_TORCH_PYTHON)"
+        res["torch_error"] = f"no torch interpreter at {tpy} (its install failed; see the peers table)"
     else:
         job = {"latency": {str(n): {"text": texts[n], "iters": iters[n], "warmup": 10} for n in sizes}, "throughput": thr_texts}
         (WORK / "torch_job.json").write_text(json.dumps(job))
-        log("  PyTorch worker (training venv)...")
+        log(f"  PyTorch worker ({tpy})...")
         r = subprocess.run([tpy, str(HERE / "torch_worker.py"), str(WORK / "torch_job.json"), str(WORK / "torch_out.json")],
                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
         if r.returncode != 0:
@@ -508,7 +532,12 @@ def bench_e2e(R, requests, concurrency=None, load_requests=None):
     concurrency = int(concurrency or os.environ.get("VALLUM_E2E_CONCURRENCY", 8))
     load_requests = int(load_requests or os.environ.get("VALLUM_E2E_REQUESTS", 2000))
     res = {"concurrency": concurrency, "requests": load_requests, "sequential_requests": requests}
-    py = os.environ.get("VALLUM_PYTHON") or ("/work/venv-py/bin/python" if Path("/work/venv-py/bin/python").exists() else sys.executable)
+    # This interpreter (the harness venv, with fastapi, uvicorn and httpx) imports vallum from
+    # bindings-python/python, as import_vallum() does; VALLUM_PYTHON overrides both.
+    py = os.environ.get("VALLUM_PYTHON") or sys.executable
+    env = {**os.environ}
+    if not os.environ.get("VALLUM_PYTHON"):
+        env["PYTHONPATH"] = os.pathsep.join(x for x in (str(REPO / "bindings-python/python"), env.get("PYTHONPATH")) if x)
     flags = ["--concurrency", str(concurrency), "--requests", str(load_requests), "--sequential-requests", str(requests)]
     runs = (("fastapi", REPO / "bindings-python/bench/bench_middleware.py", REPO, [py, "bindings-python/bench/bench_middleware.py"]),
             ("express", REPO / "bindings-node/bench/bench.mjs", REPO / "bindings-node", ["node", "bench/bench.mjs"]))
@@ -521,7 +550,7 @@ def bench_e2e(R, requests, concurrency=None, load_requests=None):
         cmd = [*cmd, *flags, "--json", str(out)]
         log(f"e2e: {key} ({' '.join(cmd[1:-2])})")
         try:
-            r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=420)
+            r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=420)
             res[key] = {"rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr[-1500:]}
         except Exception as e:  # noqa: BLE001
             res[key] = {"rc": -1, "stdout": "", "stderr": repr(e)}
@@ -538,8 +567,21 @@ def bench_e2e(R, requests, concurrency=None, load_requests=None):
 
 # ============================================================== 5. detection quality
 
+def dev_split_check(rows):
+    """Compares the per-(source, label) counts of recomputed dev rows with the split table of the
+    shipped model's training report. Returns {"groups": n, "mismatches": [...]}; hard-negative
+    sources (hn_*), which split.py does not rebuild, are not compared."""
+    from collections import Counter
+    got = Counter((r["source"], int(r["label"])) for r in rows)
+    metrics = REPO / "models/reports/vallum-pi-minilm-metrics.json"
+    table = [t for t in json.loads(metrics.read_text()).get("split", []) if not t["source"].startswith("hn_")]
+    bad = [{"source": t["source"], "label": t["label"], "trained_dev": t["dev"], "recomputed": got.get((t["source"], t["label"]), 0)}
+           for t in table if got.get((t["source"], t["label"]), 0) != t["dev"]]
+    return {"groups": len(table), "mismatches": bad, "against": str(metrics.relative_to(REPO))}
+
+
 def bench_eval(R):
-    data = Path(os.environ.get("VALLUM_DATA", "/work/shared/data"))
+    data = Path(os.environ.get("VALLUM_DATA", REPO.parent / "shared/data"))
     files = [str(p) for p in sorted(data.glob("*/*.jsonl"))]
     res = {"files": len(files)}
     if not CLI.exists():
@@ -556,18 +598,35 @@ def bench_eval(R):
             return
         res[tag] = json.loads(r.stdout)
         res[tag]["wall_s"] = secs
+        if "--signatures-only" not in args and res[tag].get("classifier") != "used":
+            res[tag]["error"] = (f"classifier {res[tag].get('classifier', '?')}: these are signature-only numbers "
+                                 f"(ORT_DYLIB_PATH={os.environ.get('ORT_DYLIB_PATH')}); {r.stderr[-300:]}")
+            log("  " + res[tag]["error"])
         log(f"  {tag}: AUC {res[tag].get('auc')} TPR {res[tag].get('tpr')} FPR {res[tag].get('fpr')} ({secs:.0f} s)")
 
-    dev_rows = Path(os.environ.get("VALLUM_DEV_ROWS", "/tmp/vallum-train-work/vallum-pi-minilm.dev_rows.json"))
+    # The dev split: rows given by VALLUM_DEV_ROWS (the dev_rows.json train.py writes), else the
+    # shared-data rows of the same split recomputed by models/split.py and checked against the
+    # per-source dev counts the training run recorded.
+    given = os.environ.get("VALLUM_DEV_ROWS")
+    dev_rows = Path(given) if given else WORK / "dev_rows.json"
+    if not given:
+        r = subprocess.run([sys.executable, str(REPO / "models/split.py"), "--data-dir", str(data), "--out", str(dev_rows)],
+                           capture_output=True, text=True, timeout=900)
+        if r.returncode != 0:
+            dev_rows.unlink(missing_ok=True)
+            res["dev_note"] = f"models/split.py failed (all-data numbers only): {r.stderr[-800:]}"
     if dev_rows.exists():
         rows = json.loads(dev_rows.read_text())
+        res["dev_source"] = given or "models/split.py"
+        if not given:
+            res["dev_split_check"] = dev_split_check(rows)
         dev = WORK / "dev.jsonl"
         dev.write_text("".join(json.dumps({"text": r["text"], "label": int(r["label"]), "source": r.get("source", "?")}) + "\n" for r in rows))
         ev("dev_full", ["--plots", str(PLOTS / "roc")], [str(dev)])
         ev("dev_signatures", ["--signatures-only", "--plots", str(PLOTS / "roc-signatures")], [str(dev)])
         res["dev_rows"] = len(rows)
-    else:
-        res["dev_note"] = f"dev split rows not found at {dev_rows} (set VALLUM_DEV_ROWS); all-data numbers only"
+    elif "dev_note" not in res:
+        res["dev_note"] = f"dev split rows not found at {dev_rows}; all-data numbers only"
     ev("all_full", [] if dev_rows.exists() else ["--plots", str(PLOTS / "roc")], files)
     ev("all_signatures", ["--signatures-only"], files)
     R["eval"] = res
@@ -605,9 +664,27 @@ def harness_report():
     return module
 
 
+def use_venv_onnxruntime():
+    """Points ORT_DYLIB_PATH (unless set) at the ONNX Runtime library of this venv's onnxruntime
+    package, so the vallum CLI that the signature and eval steps spawn loads the runtime the
+    onnxruntime peer and the Python binding use. Without it the CLI looks for the library through
+    `python3` on PATH, which on a clean machine has none, and its eval would be signatures only."""
+    if os.environ.get("ORT_DYLIB_PATH"):
+        return os.environ["ORT_DYLIB_PATH"]
+    import importlib.util
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec and spec.submodule_search_locations:
+        libs = sorted(Path(spec.submodule_search_locations[0], "capi").glob("libonnxruntime.so*"))
+        if libs:
+            os.environ["ORT_DYLIB_PATH"] = str(libs[-1])
+            return str(libs[-1])
+    return None
+
+
 def main_inner(args):
     sys.path.insert(0, str(HERE))
     WORK.mkdir(exist_ok=True)
+    use_venv_onnxruntime()
     PLOTS.mkdir(parents=True, exist_ok=True)
     R = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
          "peers": json.loads((WORK / "peers.json").read_text()) if (WORK / "peers.json").exists() else {},

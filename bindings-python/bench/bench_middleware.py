@@ -1,8 +1,9 @@
 """Overhead of the Python binding and of vallum.fastapi, on loopback.
 
-Run from the repository root (about 20-60 s with the defaults)::
+Run from the repository root with an interpreter that has vallum, fastapi, uvicorn and httpx
+(about 20-60 s with the defaults)::
 
-    /work/venv-py/bin/python bindings-python/bench/bench_middleware.py \
+    python bindings-python/bench/bench_middleware.py \
         [--concurrency 8] [--requests 2000] [--sequential-requests 500] [--json out.json]
 
 Part 1 - per-call cost of ``Firewall.scan_prompt`` on a tiny prompt next to a no-op Python call
