@@ -604,8 +604,11 @@ fn leet_fold(view: &View) -> Option<View> {
 }
 
 /// Finds runs of 4+ consecutive single-character words (letters or digits, any script)
-/// separated by one or two other bytes. Returns their byte ranges in the view, or `None` if
-/// there are none. Non-ASCII bytes count as word bytes.
+/// separated by one or two other bytes, at least half of them letters. Returns their byte
+/// ranges in the view, or `None` if there are none. Non-ASCII bytes count as word bytes.
+///
+/// The letter share keeps digit lists out: `8.8.8.8`, `5, 3, 9, 1, 6` or `1 2 3 4` are not
+/// letter spacing, while leetspeak written letter by letter (`1 g n 0 r 3`) still is.
 fn spaced_runs(text: &str) -> Option<Vec<(usize, usize)>> {
     if text.is_ascii() && !has_four_spaced_letters(text.as_bytes()) {
         return None;
@@ -615,12 +618,20 @@ fn spaced_runs(text: &str) -> Option<Vec<(usize, usize)>> {
 
 /// [`spaced_runs`] without the ASCII pre-check.
 fn spaced_runs_scan(text: &str) -> Option<Vec<(usize, usize)>> {
+    single_char_runs(text, true)
+}
+
+/// Runs of 4+ single-character words as in [`spaced_runs`]; `letter_share` false drops the
+/// condition that half of them be letters (what [`has_four_spaced_letters`] pre-checks).
+fn single_char_runs(text: &str, letter_share: bool) -> Option<Vec<(usize, usize)>> {
     let b = text.as_bytes();
     let word = |c: u8| c.is_ascii_alphanumeric() || c >= 0x80;
     let mut runs = Vec::new();
     let mut run_start: Option<usize> = None;
-    let mut run_len = 0usize;
+    // Single-character words in the current run, and how many of them are letters.
+    let (mut run_len, mut run_letters) = (0usize, 0usize);
     let mut last_end = 0usize;
+    let qualifies = |len: usize, letters: usize| len >= 4 && (!letter_share || 2 * letters >= len);
     let mut i = 0;
     while i < b.len() {
         if !word(b[i]) {
@@ -633,25 +644,27 @@ fn spaced_runs_scan(text: &str) -> Option<Vec<(usize, usize)>> {
         }
         // One letter: one byte for ASCII, one char for other scripts (a Cyrillic letter is two
         // bytes, and "п о к а ж и" is letter spacing too).
-        if text[s..i].chars().nth(1).is_none() {
+        let mut chars = text[s..i].chars();
+        if let (Some(c), None) = (chars.next(), chars.next()) {
             let gap_ok = run_start.is_some() && s - last_end <= 2;
             if !gap_ok {
-                if let (Some(rs), true) = (run_start, run_len >= 4) {
+                if let (Some(rs), true) = (run_start, qualifies(run_len, run_letters)) {
                     runs.push((rs, last_end));
                 }
                 run_start = Some(s);
-                run_len = 0;
+                (run_len, run_letters) = (0, 0);
             }
             run_len += 1;
+            run_letters += usize::from(c.is_alphabetic());
             last_end = i;
         } else if let Some(rs) = run_start.take() {
-            if run_len >= 4 {
+            if qualifies(run_len, run_letters) {
                 runs.push((rs, last_end));
             }
-            run_len = 0;
+            (run_len, run_letters) = (0, 0);
         }
     }
-    if let (Some(rs), true) = (run_start, run_len >= 4) {
+    if let (Some(rs), true) = (run_start, qualifies(run_len, run_letters)) {
         runs.push((rs, last_end));
     }
     (!runs.is_empty()).then_some(runs)
@@ -659,7 +672,8 @@ fn spaced_runs_scan(text: &str) -> Option<Vec<(usize, usize)>> {
 
 /// True when an ASCII text holds four one-letter words in a row, each 2 or 3 bytes after the
 /// one before (one or two separators between them): the condition for a run in
-/// [`spaced_runs`] (a longer word between two of them would put them at least 5 bytes apart),
+/// [`spaced_runs`] before its letter share is counted (a longer word between two of them would
+/// put them at least 5 bytes apart),
 /// checked on 64-byte windows as bit masks instead of word by word. Windows start every 48
 /// bytes, so every 12-byte stretch (a chain of four and its two neighbours) lies inside one
 /// window away from its edges.
@@ -805,10 +819,10 @@ mod tests {
             proptest::prop_assert_eq!(&fast.flags, &slow.flags);
             let canon = &fast.canonical.text;
             proptest::prop_assert_eq!(has_mixed_leet_word(canon.as_bytes()), leet_fold(&fast.canonical).is_some(), "{:?}", canon);
-            proptest::prop_assert_eq!(has_four_spaced_letters(canon.as_bytes()), spaced_runs_scan(canon).is_some(), "{:?}", canon);
+            proptest::prop_assert_eq!(has_four_spaced_letters(canon.as_bytes()), single_char_runs(canon, false).is_some(), "{:?}", canon);
             // Longer texts cross the 64-byte windows of the pre-check.
             let long = format!("{}{}", "word ".repeat(parts.len() % 23), text);
-            proptest::prop_assert_eq!(has_four_spaced_letters(long.as_bytes()), spaced_runs_scan(&long).is_some(), "{:?}", long);
+            proptest::prop_assert_eq!(has_four_spaced_letters(long.as_bytes()), single_char_runs(&long, false).is_some(), "{:?}", long);
         }
     }
 
@@ -885,5 +899,20 @@ mod tests {
     fn no_spacing_flag_for_normal_text() {
         let v = normalize("I have a cat and a dog, x y z.");
         assert!(!v.flags.letter_spacing);
+    }
+
+    #[test]
+    fn digit_lists_are_not_letter_spacing() {
+        for t in ["resolve 8.8.8.8 please", "sort 5, 3, 9, 1, 6 in reverse", "count 1 2 3 4 5 6", "v1.2.3.4", "2 + 3 = 5 - 0"] {
+            let v = normalize(t);
+            assert!(!v.flags.letter_spacing, "{t}");
+            assert!(v.despaced.is_none(), "{t}");
+        }
+        // Letter-by-letter leetspeak keeps its letters: still spacing.
+        let v = normalize("1 g n 0 r 3 the rules");
+        assert!(v.flags.letter_spacing);
+        assert_eq!(v.despaced.unwrap().text, "1gn0r3 the rules");
+        // Mixed: half letters is enough.
+        assert!(normalize("a 1 b 2").flags.letter_spacing);
     }
 }
