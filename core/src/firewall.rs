@@ -50,9 +50,12 @@ pub struct Match {
 /// The classifier's contribution to a verdict (filled by the classifier layer when enabled).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassifierVerdict {
-    /// Classifier probability of injection/jailbreak, 0..1 (max over windows and views).
+    /// Classifier probability of injection/jailbreak, 0..1: the max over the text's windows and,
+    /// when an evasion was undone (`classifier.score_normalized_view`), the normalised view's
+    /// windows. The view is not scored when the text's own windows already reach the model's
+    /// block threshold, since it could not change the decision.
     pub score: f32,
-    /// Token windows scored.
+    /// Token windows scored (the normalised view's included when it was scored).
     pub windows: usize,
     /// `ok`, `unavailable` (model or runtime missing: signatures only), or `skipped`.
     pub status: String,
@@ -437,13 +440,21 @@ impl Firewall {
                 normalized = Some(v.despaced.map(|d| d.text).unwrap_or(v.canonical.text));
             }
         }
-        if let Some(n) = &normalized {
-            refs.push(n);
-        }
         // The script is judged on the canonical view: Latin text in mathematical bold or with
         // Cyrillic look-alikes is an evasion, not a language the model lacks.
         let script_text = folded.as_deref().unwrap_or(text);
-        match c.score_batch(&refs) {
+        let scored = c.score_batch(&refs).and_then(|mut scores| {
+            // The view can only raise the score (a max), and once the text's own windows reach
+            // the model's block threshold the verdict blocks whatever the view scores:
+            // `calibrate` is monotone and the caps in `verdict` do not depend on the score. So
+            // the second inference is skipped then (an evasion that already blocks costs one).
+            let blocks = self.0.cls_thresholds.as_ref().is_some_and(|mt| scores.iter().any(|s| s.score >= mt.block));
+            if let (Some(n), false) = (&normalized, blocks) {
+                scores.extend(c.score_batch(&[n.as_str()])?);
+            }
+            Ok(scores)
+        });
+        match scored {
             Ok(scores) => {
                 let score = scores.iter().map(|s| s.score).fold(0.0f32, f32::max);
                 let windows = scores.iter().map(|s| s.windows).sum();

@@ -245,7 +245,8 @@ pub struct ClassifierPolicy {
     /// length), which bounds activation memory for long inputs.
     pub batch_size: usize,
     /// Also score the normalised view when an evasion it undoes was seen: invisible, bidi or tag
-    /// characters, look-alikes, letter spacing (default true). Costs a second inference then.
+    /// characters, look-alikes, letter spacing (default true). Costs a second inference then,
+    /// unless the text's own score already reaches the model's block threshold.
     pub score_normalized_view: bool,
 }
 
