@@ -1,12 +1,14 @@
 //! Prompt-scan throughput of the signature path (normalisation, signatures, decoding; the
-//! classifier off) over a JSONL file of prompts, for profiling on real text:
+//! classifier off) over a JSONL file of prompts, or with `--output` redaction throughput
+//! (`scan_output`) over a JSONL file of model outputs, for profiling on real text:
 //!
 //! ```sh
-//! cargo run --release -p vallum-benches --example scan_throughput -- PROMPTS.jsonl [PASSES]
+//! cargo run --release -p vallum-benches --example scan_throughput -- [--output] FILE.jsonl [PASSES]
 //! ```
 //!
 //! Each line is a JSON object with a `text` field (what `vallum scan` reads). Prints the number
-//! of records with a match and of matches (so that a faster but different engine shows), then
+//! of records with a match (a signature match, or a redaction finding with `--output`) and of
+//! matches (so that a faster but different engine shows), then
 //! seconds per pass, MB/s and microseconds per record, timed after one untimed pass. Use it with
 //! `perf record`; speed targets are checked by the criterion benchmarks and the harness.
 
@@ -14,9 +16,10 @@ use std::io::BufRead;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    let output = args.next_if(|a| a == "--output").is_some();
     let Some(path) = args.next() else {
-        eprintln!("usage: scan_throughput PROMPTS.jsonl [PASSES]");
+        eprintln!("usage: scan_throughput [--output] FILE.jsonl [PASSES]");
         return ExitCode::from(2);
     };
     let passes: usize = match args.next().map(|s| s.parse()) {
@@ -47,14 +50,18 @@ fn main() -> ExitCode {
     let bytes: usize = texts.iter().map(String::len).sum();
     let (mut hit, mut matches) = (0, 0);
     for t in &texts {
-        let v = fw.scan_prompt(t);
-        hit += usize::from(!v.matches.is_empty());
-        matches += v.matches.len();
+        let n = if output { fw.scan_output(t).findings.len() } else { fw.scan_prompt(t).matches.len() };
+        hit += usize::from(n > 0);
+        matches += n;
     }
     let t0 = std::time::Instant::now();
     for _ in 0..passes {
         for t in &texts {
-            std::hint::black_box(fw.scan_prompt(t));
+            if output {
+                std::hint::black_box(fw.scan_output(t));
+            } else {
+                std::hint::black_box(fw.scan_prompt(t));
+            }
         }
     }
     let secs = t0.elapsed().as_secs_f64() / passes as f64;
