@@ -524,7 +524,7 @@ impl Firewall {
                     .matches
                     .iter()
                     .filter_map(|m| {
-                        let rule = self.0.sigs.rules.iter().position(|r| &*r.id == m.rule_id)? as u32;
+                        let rule = self.0.sigs.rules.iter().position(|r| *r.id == m.rule_id)? as u32;
                         Some(Hit {
                             raw: RawMatch { rule, start: m.start, end: m.end, view: m.view },
                             encoding: None,

@@ -326,7 +326,7 @@ fn path_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> Error {
     let full = e.inner().to_string();
     let mut lines = full.lines().map(str::trim).filter(|l| !l.is_empty());
     let first = lines.next().unwrap_or("").to_string();
-    let inner = match lines.last() {
+    let inner = match lines.next_back() {
         Some(last) if !last.starts_with('|') && !last.ends_with('|') => format!("{first}: {last}"),
         _ => first,
     };

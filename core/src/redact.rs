@@ -577,7 +577,7 @@ fn check_ipv6(t: &str, s: usize, e: usize) -> bool {
         && v.bytes().filter(|b| b.is_ascii_hexdigit()).count() >= 3
         && !tokenish(before(t, s))
         && !after(t, e).is_some_and(|c| c.is_ascii_alphanumeric() || c == ':')
-        && !before(t, s).is_some_and(|c| c == ':')
+        && before(t, s).is_none_or(|c| c != ':')
         && v.parse::<std::net::Ipv6Addr>().is_ok()
 }
 /// E-mail candidates, found from each `@` (memchr) by expanding over local-part characters

@@ -432,7 +432,7 @@ fn eval(
                     let v = fw.scan_prompt(&text);
                     let pred = v.decision >= min;
                     report.overall.add(label, pred);
-                    report.per_source.entry(source.clone()).or_insert_with(Counts::default).add(label, pred);
+                    report.per_source.entry(source.clone()).or_default().add(label, pred);
                     scores.push((v.score, label));
                     by_source.entry(source).or_default().push((v.score, label));
                 }
