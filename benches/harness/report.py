@@ -178,6 +178,8 @@ def write(R, repo: Path, plots_dir: Path):
     vn = "Vallum scan_prompt (Rust: normalise + signatures + classifier)"
     on = "Python onnxruntime (tokenizers + same model.onnx)"
     tn = "PyTorch fp32 (models/vallum_lib.py)"
+    hn = "transformers pipeline fp32 (text-classification)"
+    h_note = "failed: see section 3" if C.get("transformers_error") else ""
     L.append("## Headline ratios (targets from issue #6)\n")
     rows = []
     raw = []  # (a, b) behind each row, for the "met" column
@@ -207,6 +209,11 @@ def write(R, repo: Path, plots_dir: Path):
             rows.append([f"classifier p50 @ {n} tok: onnxruntime / Vallum", ratio(ct[on]["latency"][n]["p50_ms"], vl), "> 1x", ""])
         except (KeyError, TypeError):
             pass
+        if vn in ct:  # the transformers row, or n/a with its failure
+            hl = ct.get(hn, {}).get("latency", {}).get(n, {}).get("p50_ms")
+            raw.append((hl, ct[vn]["latency"][n]["p50_ms"]))
+            rows.append([f"classifier p50 @ {n} tok: transformers pipeline / Vallum", ratio(hl, ct[vn]["latency"][n]["p50_ms"]),
+                         ">= 10x", h_note])
     try:
         raw.append((ct[vn]["throughput_texts_s"], ct[tn]["throughput_texts_s"]))
         rows.append(["classifier throughput: Vallum / PyTorch", ratio(ct[vn]["throughput_texts_s"], ct[tn]["throughput_texts_s"]), ">= 10x", ""])
@@ -214,6 +221,10 @@ def write(R, repo: Path, plots_dir: Path):
         rows.append(["classifier throughput: Vallum / onnxruntime", ratio(ct[vn]["throughput_texts_s"], ct[on]["throughput_texts_s"]), "> 1x", ""])
     except (KeyError, TypeError):
         pass
+    if vn in ct:
+        ht = ct.get(hn, {}).get("throughput_texts_s")
+        raw.append((ct[vn]["throughput_texts_s"], ht))
+        rows.append(["classifier throughput: Vallum / transformers pipeline", ratio(ct[vn]["throughput_texts_s"], ht), ">= 10x", h_note])
     rows = [r[:3] + [met(a, b, r[2])] + r[3:] for r, (a, b) in zip(rows, raw)]
     L.append(table(["ratio", "measured", "target", "met", "note"], rows) + "\n")
 
@@ -276,7 +287,8 @@ def write(R, repo: Path, plots_dir: Path):
         L.append(f"Same benign prose cut to {', '.join(str(n) for n in C['sizes'])} tokens (actual "
                  f"{C.get('actual_tokens')}), iterations {C.get('iters')} after 10 warm-up calls; every pipeline "
                  "tokenises with tokenizer.json (padding off), applies the engine's windowing (256-token windows, "
-                 "stride 128: 512 tokens = 3 windows, batched as equal-length windows) and returns the max score. "
+                 "stride 128: 512 tokens = 3 windows, batched as equal-length windows; the transformers pipeline one "
+                 "window per call, see below) and returns the max score. "
                  "All single-threaded. Vallum is `Firewall().scan_prompt` through the Python binding, so its numbers "
                  "*include* normalisation and the signature layer (the signatures-only row shows that share). "
                  f"Python onnxruntime {C.get('onnxruntime_version')} runs the same int8 `model.onnx`. PyTorch "
@@ -284,8 +296,27 @@ def write(R, repo: Path, plots_dir: Path):
                  f"in fp32 with weights: {t.get('weights', 'n/a')}.\n")
         if C.get("vallum_error"):
             L.append(f"**Vallum classifier unavailable:** {C['vallum_error']}\n")
+        h = ct.get(hn)
+        if h:
+            wr = h.get("windows_retokenized") or {}
+            L.append(f"The transformers row is what a FastAPI team would write with Hugging Face transformers "
+                     f"{h.get('version')}: `pipeline(\"text-classification\", device=-1, function_to_apply=\"sigmoid\")` "
+                     "over a `BertPreTrainedModel` subclass holding `BertModel(BertConfig(...), add_pooling_layer=False)` "
+                     "(2 layers, hidden 384, 12 heads, strictly loaded with the same fp32 weights as the PyTorch row) "
+                     "plus the masked mean pool and linear head, returning `SequenceClassifierOutput` logits "
+                     "(num_labels 1), and a `PreTrainedTokenizerFast` over tokenizer.json; attention implementation "
+                     f"`{h.get('attn')}` (transformers' default), {h.get('dtype')}, {h.get('threads', '?')} thread, "
+                     "built offline from local files. The pipeline does not window, so a text over 254 tokens is cut "
+                     "into the engine's windows, each mapped back to a substring of the text through the token "
+                     "offsets and re-tokenised by the pipeline (batch size 1), score = max"
+                     + (f"; {wr.get('differ')} of {wr.get('windows')} window substrings of the timed texts re-tokenise "
+                        "differently from the engine's window (a window starting inside a word)" if wr else "")
+                     + ". Texts of at most 254 tokens are one pipeline call on the whole text.\n")
         if C.get("torch_error"):
             L.append(f"**PyTorch pipeline failed:** {C['torch_error']}\n")
+        if C.get("transformers_error"):
+            err = C["transformers_error"].strip().splitlines()
+            L.append(f"**transformers pipeline failed:** {err[-1]}" + (" (traceback in results.json)" if len(err) > 1 else "") + "\n")
         head = ["tool"] + [f"p50 / p99 ms @ {n} tok" for n in C["sizes"]] + ["texts/s", "MB/s"]
         rows = []
         for n, d in ct.items():
@@ -303,6 +334,10 @@ def write(R, repo: Path, plots_dir: Path):
                      "models/vallum-pi-minilm/pinned_scores.json and the engine tests cover parity).")
         if C.get("torch_vs_ort_max_abs_score_diff") is not None:
             L.append(f" PyTorch fp32 vs int8 onnxruntime: {C['torch_vs_ort_max_abs_score_diff']:.2g} (fp32 vs int8).")
+        if C.get("transformers_vs_ort_max_abs_score_diff") is not None:
+            L.append(f" transformers pipeline vs int8 onnxruntime: {C['transformers_vs_ort_max_abs_score_diff']:.2g} (fp32 vs "
+                     "int8, as for the PyTorch row); vs the PyTorch row (same fp32 weights): "
+                     f"{C.get('transformers_vs_torch_max_abs_score_diff', float('nan')):.2g}.")
         L.append("\n")
 
     # ------------------------------------------------------------ e2e

@@ -13,8 +13,9 @@ with fixed iteration counts (about 10-15 minutes on 2 cores):
  2. redaction: Vallum scan_output vs detect-secrets and Presidio pattern recognizers (blank spaCy
     pipeline), MB/s and span-overlap recall/precision on a generated labelled corpus;
  3. classifier: Vallum (Rust, via the Python binding) vs Python onnxruntime on the same
-    model.onnx vs the PyTorch model (models/vallum_lib.py, same weights, .venv-torch), p50/p99 at
-    16/128/512 tokens and throughput;
+    model.onnx vs the PyTorch model (models/vallum_lib.py, same weights, .venv-torch) vs a Hugging
+    Face transformers text-classification pipeline over a BertModel with the same weights (what a
+    FastAPI team would write; torch_worker.py), p50/p99 at 16/128/512 tokens and throughput;
  4. end to end: bindings-python/bench/bench_middleware.py and bindings-node/bench/bench.mjs;
  5. detection quality: `vallum eval` (full engine and --signatures-only), per source, ROC plots.
 
@@ -22,12 +23,14 @@ Writes benches/RESULTS.md, benches/plots/*.svg, benches/plots/roc/ and the raw n
 benches/harness/.work/results.json. Generated corpora stay in benches/harness/.work/.
 
 Everything it needs beyond the build comes from PyPI: the peers, fastapi/uvicorn/httpx for the
-FastAPI app, and PyTorch in a second environment, benches/harness/.venv-torch. The dev split for
+FastAPI app, and PyTorch with transformers in a second environment, benches/harness/.venv-torch
+(the transformers row is built from local files only, HF_HUB_OFFLINE=1). The dev split for
 `vallum eval` is recomputed from shared/data by models/split.py.
 
 Environment (all optional): VALLUM_PYTHON (interpreter with vallum, fastapi, uvicorn and httpx for
 bench_middleware.py; default the harness venv with bindings-python/python on PYTHONPATH),
-VALLUM_TORCH_PYTHON (an interpreter with torch, onnx and tokenizers instead of .venv-torch),
+VALLUM_TORCH_PYTHON (an interpreter with torch, onnx, tokenizers and transformers instead of
+.venv-torch; without transformers the PyTorch row is still measured and the failure reported),
 VALLUM_TORCH_CHECKPOINT (fp32 checkpoint from train.py instead of model.onnx's weights),
 VALLUM_DEV_ROWS (dev_rows.json written by models/train.py instead of models/split.py's),
 VALLUM_DATA (default ../shared/data beside the repository).
@@ -58,9 +61,10 @@ PEERS = ["numpy", "tqdm", "matplotlib", "tokenizers", "onnxruntime", "pyahocoras
          # the FastAPI app of the end-to-end step (bindings-python/bench/bench_middleware.py)
          "fastapi", "uvicorn", "httpx"]
 # The PyTorch pipeline of the classifier step runs in its own environment (torch from PyPI is
-# about 2 GB with its CUDA libraries; only its CPU path is used). onnx reads model.onnx's weights.
+# about 2 GB with its CUDA libraries; only its CPU path is used). onnx reads model.onnx's weights;
+# transformers runs the second PyTorch row (a text-classification pipeline over the same weights).
 TORCH_VENV = HERE / ".venv-torch"
-TORCH_PEERS = ["torch", "numpy", "tokenizers", "onnx"]
+TORCH_PEERS = ["torch", "numpy", "tokenizers", "onnx", "transformers"]
 
 
 # ============================================================== bootstrap
@@ -97,6 +101,14 @@ def bootstrap(argv):
     only = argv[argv.index("--only") + 1:] if "--only" in argv else None
     if not os.environ.get("VALLUM_TORCH_PYTHON") and "--report-only" not in argv and (only is None or "classifier" in only):
         status.update(install_peers(TORCH_VENV, TORCH_PEERS, label=" (.venv-torch)"))
+    else:
+        # .venv-torch not checked in this run: keep what the last run that checked it found,
+        # so that a --report-only or --only run does not drop its rows from the peers table.
+        try:
+            prev = json.loads((WORK / "peers.json").read_text())
+        except (OSError, ValueError):
+            prev = {}
+        status.update({k: v for k, v in prev.items() if k.endswith(" (.venv-torch)")})
     (WORK / "peers.json").write_text(json.dumps(status, indent=1))
     py = VENV / "bin/python"
     os.execv(str(py), [str(py), str(Path(__file__).resolve()), "--inner", *argv])
@@ -495,29 +507,62 @@ def bench_classifier(R, sizes, iters):
         diffs = [abs(a - b) for a, b in zip(v_scores, o_scores) if a is not None]
         res["vallum_vs_ort_max_abs_score_diff"] = max(diffs) if diffs else None
 
-    # PyTorch, in the environment bootstrap() made (or VALLUM_TORCH_PYTHON)
+    # PyTorch, in the environment bootstrap() made (or VALLUM_TORCH_PYTHON): the lean model of
+    # models/vallum_lib.py and the transformers pipeline, both in torch_worker.py
     tpy = os.environ.get("VALLUM_TORCH_PYTHON") or str(TORCH_VENV / "bin/python")
+    t_out = WORK / "torch_out.json"
+    t = None
     if not Path(tpy).exists():
         res["torch_error"] = f"no torch interpreter at {tpy} (its install failed; see the peers table)"
     else:
         job = {"latency": {str(n): {"text": texts[n], "iters": iters[n], "warmup": 10} for n in sizes}, "throughput": thr_texts}
         (WORK / "torch_job.json").write_text(json.dumps(job))
+        t_out.unlink(missing_ok=True)  # never read an earlier run's numbers
         log(f"  PyTorch worker ({tpy})...")
-        r = subprocess.run([tpy, str(HERE / "torch_worker.py"), str(WORK / "torch_job.json"), str(WORK / "torch_out.json")],
-                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
-        if r.returncode != 0:
-            res["torch_error"] = f"torch worker exited {r.returncode}"
-        else:
-            t = json.loads((WORK / "torch_out.json").read_text())
-            d = {"latency": {}, "weights": t["weights"], "torch": t["torch"], "threads": t["threads"]}
-            for n in sizes:
-                lat = t["latency"][str(n)]
-                d["latency"][n] = {"p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3, "mean_ms": float(np.mean(lat)) * 1e3}
-            d["throughput_texts_s"] = len(thr_texts) / t["throughput_s"]
-            d["throughput_mb_s"] = mbps(thr_bytes, t["throughput_s"])
-            res["tools"]["PyTorch fp32 (models/vallum_lib.py)"] = d
-            res["torch_vs_ort_max_abs_score_diff"] = max(abs(a - b) for a, b in zip(t["scores"], o_scores))
-            log(f"  PyTorch throughput {d['throughput_texts_s']:.1f} texts/s ({t['weights']})")
+        try:
+            r = subprocess.run([tpy, str(HERE / "torch_worker.py"), str(WORK / "torch_job.json"), str(t_out)],
+                               env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+                               timeout=1800)
+            if r.returncode != 0:
+                res["torch_error"] = f"torch worker exited {r.returncode}"
+        except subprocess.TimeoutExpired:
+            res["torch_error"] = "torch worker killed after 1800 s"
+        # The worker writes OUT.json after the PyTorch row and again after the transformers row,
+        # so a worker that dies in the second still leaves the first.
+        t = json.loads(t_out.read_text()) if t_out.exists() else None
+
+    def torch_row(w, extra):
+        d = {"latency": {}, **extra}
+        for n in sizes:
+            lat = w["latency"][str(n)]
+            d["latency"][n] = {"p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3, "mean_ms": float(np.mean(lat)) * 1e3}
+        d["throughput_texts_s"] = len(thr_texts) / w["throughput_s"]
+        d["throughput_mb_s"] = mbps(thr_bytes, w["throughput_s"])
+        return d
+    if t is not None:
+        if "torch_error" in res and "transformers" not in t:  # died in the transformers row, not this one
+            res["transformers_error"] = res.pop("torch_error") + " during the transformers row"
+        d = torch_row(t, {"weights": t["weights"], "torch": t["torch"], "threads": t["threads"]})
+        res["tools"]["PyTorch fp32 (models/vallum_lib.py)"] = d
+        res["torch_vs_ort_max_abs_score_diff"] = max(abs(a - b) for a, b in zip(t["scores"], o_scores))
+        log(f"  PyTorch throughput {d['throughput_texts_s']:.1f} texts/s ({t['weights']})")
+    h = (t or {}).get("transformers")
+    if h is None:
+        res.setdefault("transformers_error", "not run: " + res.get("torch_error", "the torch worker wrote no transformers row"))
+    elif "error" in h:
+        res["transformers_error"] = h["error"]
+    else:
+        d = torch_row(h, {k: h.get(k) for k in ("version", "attn", "dtype", "device", "threads", "windows_retokenized")})
+        # what transformers logged while building the pipeline (its "not supported for
+        # text-classification" line lists every model class: cut)
+        d["build_log"] = [x if len(x) <= 300 else x[:300] + f" ... ({len(x)} chars)" for x in h.get("build_log", [])]
+        d["weights"] = t["weights"]
+        res["tools"]["transformers pipeline fp32 (text-classification)"] = d
+        res["transformers_vs_ort_max_abs_score_diff"] = max(abs(a - b) for a, b in zip(h["scores"], o_scores))
+        res["transformers_vs_torch_max_abs_score_diff"] = max(abs(a - b) for a, b in zip(h["scores"], t["scores"]))
+        log(f"  transformers {h['version']} pipeline ({h['attn']} attention) throughput {d['throughput_texts_s']:.1f} texts/s")
+    if "transformers_error" in res:
+        log("  transformers row FAILED: " + res["transformers_error"].strip().splitlines()[-1])
     R["classifier"] = res
 
 
