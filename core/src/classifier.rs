@@ -123,9 +123,12 @@ pub fn verify_bundle(dir: &Path) -> Result<ModelConfig> {
     Ok(cfg)
 }
 
-/// Token windows over a sequence of `n` content tokens: `(start, end)` ranges of at most
-/// `len` tokens, `stride` apart. With more than `max_windows` windows the stride is widened
-/// so that the windows still span the whole text evenly (first and last window always kept).
+/// Token windows over a sequence of `n` content tokens: half-open `(start, end)` token ranges
+/// of `len` tokens (one window `(0, n)` when `n <= len`). The count is the fewest windows whose
+/// starts are at most `stride` apart, `ceil((n - len) / stride) + 1`, capped at `max_windows`;
+/// the starts are spread evenly from 0 to `n - len`, so the first window starts the text and the
+/// last ends it, and a capped long text is sampled across its whole length. models/windowing.py
+/// `spans` is the Python twin; both are tested against testdata/vectors/windows.json.
 pub fn windows(n: usize, len: usize, stride: usize, max_windows: usize) -> Vec<(usize, usize)> {
     if n <= len || len == 0 {
         return vec![(0, n)];
@@ -222,6 +225,20 @@ pub mod onnx;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shared vectors models/windowing.py is also tested against (models/test_windowing.py),
+    /// so training, the benchmark peers and the engine cut the same windows.
+    #[test]
+    fn windows_match_the_shared_vectors() {
+        let doc: serde_json::Value = serde_json::from_str(include_str!("../../testdata/vectors/windows.json")).unwrap();
+        let cases = doc["cases"].as_array().unwrap();
+        assert!(cases.len() >= 10);
+        for c in cases {
+            let n = |k: &str| c[k].as_u64().unwrap() as usize;
+            let want: Vec<(usize, usize)> = serde_json::from_value(c["windows"].clone()).unwrap();
+            assert_eq!(windows(n("body_tokens"), n("window_tokens"), n("stride"), n("max_windows")), want, "{c}");
+        }
+    }
 
     #[test]
     fn windows_cover_and_are_capped() {
