@@ -287,8 +287,9 @@ def write(R, repo: Path, plots_dir: Path):
         L.append(f"Same benign prose cut to {', '.join(str(n) for n in C['sizes'])} tokens (actual "
                  f"{C.get('actual_tokens')}), iterations {C.get('iters')} after 10 warm-up calls; every pipeline "
                  "tokenises with tokenizer.json (padding off), applies the engine's windowing (256-token windows, "
-                 "stride 128: 512 tokens = 3 windows, batched as equal-length windows; the transformers pipeline one "
-                 "window per call, see below) and returns the max score. "
+                 "at most 128 apart, spread evenly: 512 tokens = 3 windows; models/windowing.py, checked against the "
+                 "engine's vectors; batched as equal-length windows, for onnxruntime at most 512 tokens per call as "
+                 "in the engine; the transformers pipeline one window per call, see below) and returns the max score. "
                  "All single-threaded. Vallum is `Firewall().scan_prompt` through the Python binding, so its numbers "
                  "*include* normalisation and the signature layer (the signatures-only row shows that share). "
                  f"Python onnxruntime {C.get('onnxruntime_version')} runs the same int8 `model.onnx`. PyTorch "
@@ -329,9 +330,11 @@ def write(R, repo: Path, plots_dir: Path):
                      + ", ".join(f"{n} tok {f(v)} ms" for n, v in C["vallum_engine_p50_ms"].items()) + ".")
         if C.get("vallum_vs_ort_max_abs_score_diff") is not None:
             L.append(f" Max |score difference| between Vallum's `verdict.classifier['score']` and the raw Python "
-                     f"onnxruntime score on those prompts: {C['vallum_vs_ort_max_abs_score_diff']:.2g} (Vallum's field "
-                     "is after its calibration step, not the raw model output, so this is not a parity check; "
-                     "models/vallum-pi-minilm/pinned_scores.json and the engine tests cover parity).")
+                     f"onnxruntime score on those prompts: {C['vallum_vs_ort_max_abs_score_diff']:.2g}. Both are the "
+                     "model's probability, max over the same windows batched the same way; they differ on texts "
+                     "where Vallum also scores the normalised view (look-alike letters, letter spacing, invisible "
+                     "characters), which the peer does not; models/vallum-pi-minilm/pinned_scores.json and the "
+                     "engine tests cover parity.")
         if C.get("torch_vs_ort_max_abs_score_diff") is not None:
             L.append(f" PyTorch fp32 vs int8 onnxruntime: {C['torch_vs_ort_max_abs_score_diff']:.2g} (fp32 vs int8).")
         if C.get("transformers_vs_ort_max_abs_score_diff") is not None:

@@ -420,7 +420,7 @@ def bench_redaction(R):
 
 def bench_classifier(R, sizes, iters):
     sys.path.insert(0, str(REPO / "models"))
-    import windowing  # the engine's windowing, shared with models/vallum_lib.py
+    import windowing  # the engine's windowing (testdata/vectors/windows.json), shared with models/vallum_lib.py
     import numpy as np
     import onnxruntime as ort
     from tokenizers import Tokenizer
@@ -496,7 +496,9 @@ def bench_classifier(R, sizes, iters):
         for w in ws:
             by_len.setdefault(len(w), []).append(w)
         best = 0.0
-        for group in by_len.values():
+        # batched as the engine does: equal-length windows, at most 512 tokens per call (the int8
+        # model quantises activations per call, so the batch shapes the scores slightly)
+        for group in (g[i:i + max(1, 512 // len(g[0]))] for g in by_len.values() for i in range(0, len(g), max(1, 512 // len(g[0])))):
             ids = np.asarray(group, dtype=np.int64)
             out = sess.run(["score"], {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})[0]
             best = max(best, float(out.max()))
