@@ -147,6 +147,62 @@ pub fn windows(n: usize, len: usize, stride: usize, max_windows: usize) -> Vec<(
         .collect()
 }
 
+/// Checks that a bundle's `tokenizer.json` text (the `tokenizers` JSON format) runs no regular
+/// expression on the text: a `Split` pre-tokenizer or `Replace` normalizer with a
+/// `{"pattern": {"Regex": ...}}` is run by `tokenizers`' regex engine (fancy-regex, a
+/// backtracking engine, whose time on hostile input is not bounded linearly), and every prompt
+/// passes through the tokenizer. The shipped WordPiece tokenizer (BertNormalizer,
+/// BertPreTokenizer) uses none; literal `{"String": ...}` patterns are accepted.
+///
+/// Errors: `model_signature` naming the JSON path of the first regex, or `model_integrity`
+/// when the text is not JSON.
+pub fn check_tokenizer_json(text: &str) -> Result<()> {
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::new(ErrorCode::ModelIntegrity, format!("tokenizer.json: {e}")))?;
+    fn find(v: &serde_json::Value, path: &mut Vec<String>) -> Option<String> {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(serde_json::Value::Object(p)) = m.get("pattern") {
+                    if p.contains_key("Regex") {
+                        path.push("pattern".into());
+                        return Some(path.join("."));
+                    }
+                }
+                for (k, x) in m {
+                    path.push(k.clone());
+                    if let Some(found) = find(x, path) {
+                        return Some(found);
+                    }
+                    path.pop();
+                }
+                None
+            }
+            serde_json::Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    path.push(i.to_string());
+                    if let Some(found) = find(x, path) {
+                        return Some(found);
+                    }
+                    path.pop();
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+    match find(&v, &mut Vec::new()) {
+        Some(at) => Err(Error::new(
+            ErrorCode::ModelSignature,
+            format!(
+                "tokenizer.json: `{at}` is a regular expression, which the tokenizer would run on every prompt with a \
+                 backtracking engine; Vallum accepts only tokenizers without regex patterns (e.g. WordPiece with \
+                 BertPreTokenizer)"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Where the model bundle is looked for when the policy names none: `$VALLUM_MODEL_DIR`,
 /// `models/vallum-pi-minilm` under the current folder and its parents, next to the executable
 /// (and its parents), and in the source tree this crate was built from.
@@ -225,6 +281,38 @@ pub mod onnx;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shipped tokenizer passes; a `Split` or `Replace` regex anywhere in the JSON is refused.
+    #[test]
+    fn tokenizers_with_regex_patterns_are_refused() {
+        let shipped = include_str!("../../models/vallum-pi-minilm/tokenizer.json");
+        check_tokenizer_json(shipped).unwrap();
+        let split = r#"{"normalizer": null, "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "WhitespaceSplit"},
+            {"type": "Split", "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated", "invert": false}]}}"#;
+        let e = check_tokenizer_json(split).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::ModelSignature);
+        assert!(
+            e.to_string()
+                .contains("pre_tokenizer.pretokenizers.1.pattern"),
+            "{e}"
+        );
+        let replace =
+            r#"{"normalizer": {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "}}"#;
+        assert_eq!(
+            check_tokenizer_json(replace).unwrap_err().code(),
+            ErrorCode::ModelSignature
+        );
+        // A literal pattern is not a regex.
+        check_tokenizer_json(
+            r#"{"normalizer": {"type": "Replace", "pattern": {"String": "``"}, "content": "\""}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            check_tokenizer_json("{not json").unwrap_err().code(),
+            ErrorCode::ModelIntegrity
+        );
+    }
 
     /// The shared vectors models/windowing.py is also tested against (models/test_windowing.py),
     /// so training, the benchmark peers and the engine cut the same windows.

@@ -1,5 +1,5 @@
 //! The classifier layer end to end: the tiny test model (plumbing), the shipped model's pinned
-//! scores, tampered bundles refused, long inputs scored in capped windows, fusion and fail modes.
+//! scores, tampered bundles and regex tokenizers refused, long inputs scored in capped windows, fusion and fail modes.
 //!
 //! These tests need the ONNX Runtime library (`bash models/fetch_runtime.sh` puts it in
 //! `.ort/lib`). Without it they fail when `VALLUM_REQUIRE_ORT=1` (CI sets it) and are skipped
@@ -101,6 +101,49 @@ fn tampered_model_is_refused() {
     let p = Policy::from_json(&format!(r#"{{"classifier": {{"model_dir": {:?}, "on_unavailable": "fail_closed"}}}}"#, dir)).unwrap();
     let fw = Firewall::builder().policy(p).build().unwrap();
     assert_eq!(fw.scan_prompt("What is the weather like?").decision, Action::Block);
+}
+
+/// A bundle whose MANIFEST matches but whose tokenizer runs a regex (backtracking in
+/// `tokenizers`) on every prompt is refused at load, before any prompt reaches it.
+#[test]
+fn tokenizer_with_a_regex_pre_tokenizer_is_refused() {
+    use sha2::Digest;
+    if !runtime_ok() {
+        return;
+    }
+    let src = root().join("testdata/models/tiny");
+    let dir = std::env::temp_dir().join(format!("vallum-regex-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.onnx"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let tok = std::fs::read_to_string(src.join("tokenizer.json")).unwrap();
+    let split = r#""pre_tokenizer":{"type":"Split","pattern":{"Regex":"(\\w+\\s?)*$"},"behavior":"Isolated","invert":false}"#;
+    let tok = tok.replacen(r#""pre_tokenizer":{"type":"BertPreTokenizer"}"#, split, 1);
+    assert!(tok.contains("Regex"));
+    std::fs::write(dir.join("tokenizer.json"), &tok).unwrap();
+    let mut manifest = String::new();
+    for f in ["model.onnx", "tokenizer.json", "config.json"] {
+        let bytes = std::fs::read(dir.join(f)).unwrap();
+        manifest += &format!(
+            "{}  {}  {f}\n",
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            bytes.len()
+        );
+    }
+    std::fs::write(dir.join("MANIFEST"), manifest).unwrap();
+    let e = OnnxClassifier::load(&opts(dir.clone())).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ModelSignature, "{e}");
+    assert!(
+        e.message().contains("pre_tokenizer.pattern"),
+        "{}",
+        e.message()
+    );
+    // The same bundle with the original tokenizer loads: the refusal is the regex, not the copy.
+    std::fs::copy(src.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    std::fs::copy(src.join("MANIFEST"), dir.join("MANIFEST")).unwrap();
+    OnnxClassifier::load(&opts(dir.clone())).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

@@ -205,7 +205,12 @@ impl OnnxClassifier {
             Some(Ok((_, env))) => env,
             _ => return Err(Error::new(ErrorCode::RuntimeMissing, "ONNX Runtime environment unavailable")),
         };
-        let mut tokenizer = Tokenizer::from_file(opts.model_dir.join("tokenizer.json"))
+        // Checked for regex patterns before `tokenizers` parses (and compiles) them.
+        let tok_path = opts.model_dir.join("tokenizer.json");
+        let tok_text = std::fs::read_to_string(&tok_path).map_err(|e| Error::io(&tok_path, e))?;
+        crate::classifier::check_tokenizer_json(&tok_text)?;
+        let mut tokenizer = tok_text
+            .parse::<Tokenizer>()
             .map_err(|e| model_err(ErrorCode::ModelIntegrity, format!("tokenizer.json: {e}")))?;
         tokenizer.with_padding(None);
         tokenizer
