@@ -144,7 +144,9 @@ def write(R, repo: Path, plots_dir: Path):
              f"stated), on the same in-memory inputs. Signatures and redaction: {R.get('speed_rounds', 3)} rounds; in "
              "each round every tool in turn repeats its pass over the whole corpus for about a second (a slow tool "
              "does one pass) and the round keeps the median pass; each tool's best round counts. No progress bar "
-             "or other bookkeeping runs inside a timed pass. Classifier: fixed iteration counts, p50/p99 per call.\n")
+             "or other bookkeeping runs inside a timed pass. Classifier: fixed iteration counts, p50/p99 per call; "
+             "Vallum and Python onnxruntime (same process) alternate call by call, and their throughput passes "
+             "alternate for 3 rounds (fastest pass counts); the PyTorch rows run afterwards in their own process.\n")
     L.append("## Reproduce\n\n```sh\ncargo build --release -p vallum             # the CLI, for eval and the CLI rows\n"
              "(cd bindings-python && maturin develop --release)   # run.py imports bindings-python/python\n"
              "(cd bindings-node && npm ci --ignore-scripts && npm run build)   # the Express app of the e2e step\n"
@@ -324,21 +326,26 @@ def write(R, repo: Path, plots_dir: Path):
             rows.append([n] + [f"{f(d['latency'][k]['p50_ms'])} / {f(d['latency'][k]['p99_ms'])}" for k in C["sizes"]]
                         + [f(d.get("throughput_texts_s"), 1), f(d.get("throughput_mb_s"), 3)])
         L.append(table(head, rows) + "\n")
-        L.append(f"Throughput: {C.get('throughput_texts')} real prompts from shared/data ({C.get('throughput_bytes', 0) / 1e3:.0f} kB), one call per text.")
+        rounds = next((d["throughput_rounds"] for d in C.get("tools", {}).values() if "throughput_rounds" in d), None)
+        L.append(f"Throughput: {C.get('throughput_texts')} real prompts from shared/data ({C.get('throughput_bytes', 0) / 1e3:.0f} kB), one call per text"
+                 + (f"; in-process tools: fastest of {rounds} interleaved passes, PyTorch rows: one pass." if rounds else "."))
         if C.get("vallum_engine_p50_ms"):
-            L.append(" Vallum engine time alone (verdict.elapsed_us) p50: "
+            L.append("\n- Vallum engine time alone (verdict.elapsed_us) p50: "
                      + ", ".join(f"{n} tok {f(v)} ms" for n, v in C["vallum_engine_p50_ms"].items()) + ".")
         if C.get("vallum_vs_ort_max_abs_score_diff") is not None:
-            L.append(f" Max |score difference| between Vallum's `verdict.classifier['score']` and the raw Python "
+            L.append(f"- Max |score difference| between Vallum's `verdict.classifier['score']` and the raw Python "
                      f"onnxruntime score on those prompts: {C['vallum_vs_ort_max_abs_score_diff']:.2g}. Both are the "
                      "model's probability, max over the same windows batched the same way; they differ on texts "
                      "where Vallum also scores the normalised view (look-alike letters, letter spacing, invisible "
                      "characters), which the peer does not; models/vallum-pi-minilm/pinned_scores.json and the "
                      "engine tests cover parity.")
         if C.get("torch_vs_ort_max_abs_score_diff") is not None:
-            L.append(f" PyTorch fp32 vs int8 onnxruntime: {C['torch_vs_ort_max_abs_score_diff']:.2g} (fp32 vs int8).")
+            L.append(f"- PyTorch fp32 vs int8 onnxruntime: {C['torch_vs_ort_max_abs_score_diff']:.2g}. The int8 model "
+                     "quantises each layer's input activations to 8 bits at run time (dynamic quantisation); the fp32 "
+                     "rows run the same weights without that rounding, so scores near the decision boundary move. "
+                     "These rows compare speed on the same weights, not decisions.")
         if C.get("transformers_vs_ort_max_abs_score_diff") is not None:
-            L.append(f" transformers pipeline vs int8 onnxruntime: {C['transformers_vs_ort_max_abs_score_diff']:.2g} (fp32 vs "
+            L.append(f"- transformers pipeline vs int8 onnxruntime: {C['transformers_vs_ort_max_abs_score_diff']:.2g} (fp32 vs "
                      "int8, as for the PyTorch row); vs the PyTorch row (same fp32 weights): "
                      f"{C.get('transformers_vs_torch_max_abs_score_diff', float('nan')):.2g}.")
         L.append("\n")
