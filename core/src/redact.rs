@@ -595,13 +595,11 @@ fn find_emails(t: &str, out: &mut Vec<(usize, usize)>) {
             continue;
         }
         let mut s = at;
-        let mut n = 0;
-        for (i, c) in t[..at].char_indices().rev() {
+        for (n, (i, c)) in t[..at].char_indices().rev().enumerate() {
             if !local_char(c) || n == 64 {
                 break;
             }
             s = i;
-            n += 1;
         }
         // The local part must start with a letter or digit.
         while s < at && !t[s..].starts_with(|c: char| c.is_alphanumeric()) {
