@@ -188,12 +188,16 @@ def interleaved(contenders, rounds, round_secs=1.0):
     return {name: (best[name], outs[name], passes[name]) for name, _, _ in contenders if name in best}
 
 
-def sig_policy_json(extra_phrases=None):
+def sig_policy_json(extra_phrases=None, builtin=True):
+    """Policy JSON with the classifier off; `extra_phrases` become an inline phrase rule, and
+    `builtin=False` drops the default rule pack (normalisation and decoding still run)."""
     doc = {"classifier": {"enabled": False}}
+    if not builtin:
+        doc["rules"] = {"builtin": []}
     if extra_phrases:
-        doc["rules"] = {"inline": [{"id": "BENCH-PHRASES", "category": "instruction_override",
+        doc.setdefault("rules", {})["inline"] = [{"id": "BENCH-PHRASES", "category": "instruction_override",
                                     "severity": "high", "description": "harness phrase set",
-                                    "phrases": extra_phrases}]}
+                                    "phrases": extra_phrases}]
     return json.dumps(doc)
 
 
@@ -217,6 +221,9 @@ def bench_signatures(R):
 
     fw = vallum.Firewall(vallum.Policy.from_json(sig_policy_json()))
     fw2 = vallum.Firewall(vallum.Policy.from_json(sig_policy_json(phrases)))
+    # like for like with the peers: the same phrase set and nothing else, but through Vallum's
+    # normalisation and decoding
+    fw3 = vallum.Firewall(vallum.Policy.from_json(sig_policy_json(phrases, builtin=False)))
     eng_us = []
 
     def over_corpus(fn):
@@ -230,7 +237,9 @@ def bench_signatures(R):
         return 1 if v.matches else 0
     contenders = [("Vallum scan_prompt (default rules)", over_corpus(v_default), None),
                   ("Vallum scan_prompt (default rules + harness phrases)",
-                   over_corpus(lambda x: 1 if fw2.scan_prompt(x).matches else 0), None)]
+                   over_corpus(lambda x: 1 if fw2.scan_prompt(x).matches else 0), None),
+                  ("Vallum scan_prompt (harness phrases only, no default rules)",
+                   over_corpus(lambda x: 1 if fw3.scan_prompt(x).matches else 0), None)]
     try:
         import ahocorasick
         A = ahocorasick.Automaton()
