@@ -6,7 +6,7 @@
 Creates benches/harness/.venv (gitignored) and installs the peers from PyPI into it
 (pyahocorasick, detect-secrets, presidio-analyzer, onnxruntime, tokenizers, matplotlib, numpy,
 tqdm); a peer that cannot be installed is reported in RESULTS.md, not skipped silently. Then,
-with fixed iteration counts (about 10-15 minutes on 2 cores):
+with fixed iteration counts (about 6 minutes on 2 cores, after the first install):
 
  1. signatures: Vallum scan_prompt (signatures only, normalisation included) vs pyahocorasick and
     Python `re` alternation over the same phrase set, MB/s on ~3 MB of shared/data prompts;
