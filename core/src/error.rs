@@ -105,6 +105,19 @@ impl Error {
         Error::new(ErrorCode::KeyInvalid, message)
     }
 
+    /// Reads a UTF-8 text file: `io` when it cannot be read, `invalid_utf8` (the given code) naming
+    /// the first bad byte's offset when its bytes are not UTF-8. `what` prefixes messages (the
+    /// policy field the path came from, or empty).
+    pub(crate) fn read_text(path: &std::path::Path, what: &str, invalid_utf8: ErrorCode) -> Result<String> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            Error::new(ErrorCode::Io, format!("{what}cannot read {}: {e}", path.display())).with_source(e)
+        })?;
+        String::from_utf8(bytes).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            Error::new(invalid_utf8, format!("{what}{}: not valid UTF-8 (byte {at})", path.display()))
+        })
+    }
+
     pub(crate) fn io(path: &std::path::Path, err: std::io::Error) -> Self {
         Error::new(ErrorCode::Io, format!("cannot read {}: {err}", path.display())).with_source(err)
     }

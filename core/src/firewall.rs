@@ -272,7 +272,7 @@ fn load_classifier(_policy: &Policy) -> Result<Arc<dyn Classifier>> {
 }
 
 fn load_pack(path: &Path) -> Result<RulePack> {
-    let s = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let s = Error::read_text(path, "rules.packs: ", crate::ErrorCode::RuleInvalid)?;
     let r = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
         RulePack::from_json(&s)
     } else {

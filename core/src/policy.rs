@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::redact::{Entity, Strategy};
 use crate::signatures::RuleDef;
 
@@ -356,10 +356,11 @@ impl Policy {
     }
 
     /// Loads a policy file: `.json` is JSON, anything else TOML. Relative rule-pack paths are
-    /// resolved against the file's folder. Errors: `io`, `policy_invalid`.
+    /// resolved against the file's folder. Errors: `io` (unreadable), `policy_invalid` (not UTF-8,
+    /// or not a valid policy).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let s = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let s = Error::read_text(path, "", ErrorCode::PolicyInvalid)?;
         let mut p = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
             Self::from_json(&s)
         } else {

@@ -195,3 +195,28 @@ fn pseudonyms_restore_and_stream_redaction_holds_back_split_secrets() {
     assert_eq!(sent, "data: token [GITHUB_TOKEN_1] done\n\n");
     assert_eq!(s.pending_bytes(), 0);
 }
+
+/// Policy and rule-pack files that are unreadable or not UTF-8 give typed errors naming the
+/// file (and, for packs, the `rules.packs` field), never a generic I/O message for bad bytes.
+#[test]
+fn policy_and_pack_files_with_bad_bytes_or_missing_give_typed_errors() {
+    let dir = std::env::temp_dir().join(format!("vallum-policy-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("latin1.toml");
+    std::fs::write(&bad, b"[thresholds]\nflag = 0.5 # caf\xe9\n").unwrap();
+    let e = Policy::from_file(&bad).unwrap_err();
+    assert_eq!(e.code(), vallum::ErrorCode::PolicyInvalid, "{e}");
+    assert!(e.message().contains("not valid UTF-8 (byte 29)") && e.message().contains("latin1.toml"), "{}", e.message());
+    assert_eq!(Policy::from_file(dir.join("absent.toml")).unwrap_err().code(), vallum::ErrorCode::Io);
+
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, "[rules]\npacks = [\"nope.toml\"]\n").unwrap();
+    let e = Firewall::builder().policy(Policy::from_file(&policy).unwrap()).build().unwrap_err();
+    assert_eq!(e.code(), vallum::ErrorCode::Io, "{e}");
+    assert!(e.message().starts_with("rules.packs: cannot read") && e.message().contains("nope.toml"), "{}", e.message());
+    std::fs::write(dir.join("nope.toml"), b"[[rules]]\nid = \"X\xff\"\n").unwrap();
+    let e = Firewall::builder().policy(Policy::from_file(&policy).unwrap()).build().unwrap_err();
+    assert_eq!(e.code(), vallum::ErrorCode::RuleInvalid, "{e}");
+    assert!(e.message().contains("not valid UTF-8"), "{}", e.message());
+    std::fs::remove_dir_all(&dir).ok();
+}

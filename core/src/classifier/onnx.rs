@@ -134,7 +134,14 @@ pub fn init_runtime(explicit: Option<&Path>) -> Result<PathBuf> {
         }
         Err(format!(
             "ONNX Runtime library not found; set classifier.runtime_path or ORT_DYLIB_PATH, run models/fetch_runtime.sh, or pip install onnxruntime. Tried: {}",
-            if tried.is_empty() { "nothing".to_string() } else { tried.join("; ") }
+            if tried.is_empty() {
+                "no library in any place searched: ORT_DYLIB_PATH (unset), .ort/lib in the current folder, beside \
+                 the executable and in the source tree (and their parents), Python's onnxruntime package, \
+                 node_modules/onnxruntime-node"
+                    .to_string()
+            } else {
+                tried.join("; ")
+            }
         ))
     });
     match r {
