@@ -114,7 +114,7 @@ pub fn verify_bundle(dir: &Path) -> Result<ModelConfig> {
     if listed == 0 {
         return Err(Error::new(ErrorCode::ModelIntegrity, format!("{}: MANIFEST lists no files", dir.display())));
     }
-    let cfg = std::fs::read_to_string(dir.join("config.json")).map_err(|e| Error::io(&dir.join("config.json"), e))?;
+    let cfg = Error::read_text(&dir.join("config.json"), "", ErrorCode::ModelIntegrity)?;
     let cfg: ModelConfig = serde_json::from_str(&cfg)
         .map_err(|e| Error::new(ErrorCode::ModelIntegrity, format!("{}/config.json: {e}", dir.display())))?;
     if cfg.max_length < 8 || cfg.window_stride == 0 || cfg.window_stride > cfg.max_length || cfg.max_windows == 0 {

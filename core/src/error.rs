@@ -117,10 +117,6 @@ impl Error {
             Error::new(invalid_utf8, format!("{what}{}: not valid UTF-8 (byte {at})", path.display()))
         })
     }
-
-    pub(crate) fn io(path: &std::path::Path, err: std::io::Error) -> Self {
-        Error::new(ErrorCode::Io, format!("cannot read {}: {err}", path.display())).with_source(err)
-    }
 }
 
 /// Result alias used throughout the crate.

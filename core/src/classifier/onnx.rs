@@ -214,7 +214,7 @@ impl OnnxClassifier {
         };
         // Checked for regex patterns before `tokenizers` parses (and compiles) them.
         let tok_path = opts.model_dir.join("tokenizer.json");
-        let tok_text = std::fs::read_to_string(&tok_path).map_err(|e| Error::io(&tok_path, e))?;
+        let tok_text = Error::read_text(&tok_path, "", ErrorCode::ModelIntegrity)?;
         crate::classifier::check_tokenizer_json(&tok_text)?;
         let mut tokenizer = tok_text
             .parse::<Tokenizer>()
