@@ -156,13 +156,52 @@ pub fn looks_like_identifier(v: &str) -> bool {
 }
 
 /// Documentation placeholders: `your_api_key_here`, `<token>`, `xxxx`, `changeme`, `********`.
+///
+/// A placeholder word (`example`, `changeme`, `dummy`, ...) marks the value as a placeholder only
+/// when what is left around it does not look random by itself: at least
+/// [`RANDOM_REMAINDER_MIN`] ASCII letters and digits mixing lower case, upper case and digits. So
+/// `CHANGEME123` and `my-example-key` are placeholders, while AWS's documentation secret key
+/// `wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY` (33 random characters around `EXAMPLE`) is not: a
+/// pasted example key is still a credential shape, and a real key that happens to contain one of
+/// the words must not pass unredacted.
 pub fn is_placeholder(v: &str) -> bool {
     let l = v.to_ascii_lowercase();
     let first = l.chars().next().unwrap_or(' ');
     l.starts_with("your") && (l.ends_with("here") || l.contains("key") || l.contains("token") || l.contains("password"))
         || l.starts_with('<')
         || l.chars().all(|c| c == first)
-        || placeholder_words().is_match(&l)
+        || placeholder_word_only(v, &l)
+}
+
+/// How many ASCII letters and digits, besides the placeholder words, make a value random enough
+/// to be a secret (16: the shortest generic API key length that detect-secrets' and gitleaks'
+/// generic rules accept).
+pub const RANDOM_REMAINDER_MIN: usize = 16;
+
+/// Whether `v` (with `l` its ASCII lower case, same byte offsets) contains a placeholder word and
+/// the rest of it is not random by the rule of [`is_placeholder`].
+fn placeholder_word_only(v: &str, l: &str) -> bool {
+    let (mut n, mut lower, mut upper, mut digit) = (0usize, false, false, false);
+    let mut count = |s: &str| {
+        for b in s.bytes().filter(u8::is_ascii_alphanumeric) {
+            n += 1;
+            lower |= b.is_ascii_lowercase();
+            upper |= b.is_ascii_uppercase();
+            digit |= b.is_ascii_digit();
+        }
+    };
+    let mut last = 0;
+    let mut found = false;
+    for m in placeholder_words().find_iter(l) {
+        found = true;
+        count(&v[last..m.start()]);
+        last = m.end();
+    }
+    if !found {
+        return false;
+    }
+    count(&v[last..]);
+    !(n >= RANDOM_REMAINDER_MIN && lower && upper && digit)
 }
 
 /// Words that mark a value as a placeholder, in one automaton (one pass instead of nine
@@ -221,5 +260,11 @@ mod tests {
             assert!(is_placeholder(v), "{v}");
         }
         assert!(!is_placeholder("Tr0ub4dor&3x") && !is_placeholder("k9#Lm2$vQ8"));
+        // Placeholder words inside an otherwise random value do not make it a placeholder.
+        assert!(!is_placeholder("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"));
+        assert!(!is_placeholder("dummy9fQ2xLk8Rt3Vb7Nm1Pz"));
+        for v in ["INSERT_YOUR_OPENAI_API_KEY_HERE", "REPLACE_ME_WITH_TOKEN_123456789", "example_key_2024_v1", "ExampleKey12"] {
+            assert!(is_placeholder(v), "{v}");
+        }
     }
 }
