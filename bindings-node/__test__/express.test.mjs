@@ -439,6 +439,9 @@ describe('helpers', () => {
   test('classifier_unavailable is reported once (model missing: signatures only)', async () => {
     const degraded = new Firewall(Policy.fromJson(JSON.stringify({ key_hex: KEY, classifier: { model_dir: '/nonexistent-vallum-model' } })))
     assert.equal(degraded.hasClassifier, false)
+    const cls = degraded.scanPromptSync('hello').classifier
+    assert.equal(cls.status, 'unavailable')
+    assert.equal(cls.score, null, 'no score, not a benign 0')
     const seen = []
     const app = express()
     app.use(express.json(), vallum({ firewall: degraded, onEvent: (ev) => seen.push(ev) }))

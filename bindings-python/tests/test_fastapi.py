@@ -620,6 +620,7 @@ def test_classifier_unavailable_event(tmp_path):
     cls = fw.scan_prompt(BENIGN).classifier
     if not cls or cls.get("status") != "unavailable":
         pytest.skip(f"classifier did not report unavailable: {cls!r}")
+    assert cls["score"] is None  # no score, not a benign 0.0
     seen = []
     app = FastAPI()
 

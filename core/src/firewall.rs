@@ -53,11 +53,14 @@ pub struct ClassifierVerdict {
     /// Classifier probability of injection/jailbreak, 0..1: the max over the text's windows and,
     /// when an evasion was undone (`classifier.score_normalized_view`), the normalised view's
     /// windows. The view is not scored when the text's own windows already reach the model's
-    /// block threshold, since it could not change the decision.
-    pub score: f32,
+    /// block threshold, since it could not change the decision. `None` (JSON `null`, Python
+    /// `None`) when the classifier did not run (`status` is not `ok`): no score is not a benign
+    /// score.
+    pub score: Option<f32>,
     /// Token windows scored (the normalised view's included when it was scored).
     pub windows: usize,
-    /// `ok`, `unavailable` (model or runtime missing: signatures only), or `skipped`.
+    /// `ok`, or `unavailable` (model or runtime missing or inference failed: signatures only, or
+    /// every prompt blocked under `classifier.on_unavailable = "fail_closed"`).
     pub status: String,
     /// True when most of the text's letters are outside the Latin script (after look-alike and
     /// styled letters are folded), where the shipped model has less training data: read the
@@ -386,7 +389,7 @@ impl Firewall {
         }
         let unavailable = |why: &str| {
             Some(ClassifierVerdict {
-                score: 0.0,
+                score: None,
                 windows: 0,
                 status: "unavailable".into(),
                 language_unsupported: false,
@@ -459,7 +462,7 @@ impl Firewall {
                 let score = scores.iter().map(|s| s.score).fold(0.0f32, f32::max);
                 let windows = scores.iter().map(|s| s.windows).sum();
                 Some(ClassifierVerdict {
-                    score,
+                    score: Some(score),
                     windows,
                     status: "ok".into(),
                     language_unsupported: non_latin_share(script_text) > 0.5,
@@ -651,13 +654,13 @@ impl Firewall {
         let mut score = sig;
         let mut fail_closed = false;
         if let Some(c) = &classifier {
-            if c.status == "ok" {
+            if let (Some(c_score), "ok") = (c.score, c.status.as_str()) {
                 if let Some(mt) = &self.0.cls_thresholds {
                     // No discount for non-Latin text (`language_unsupported`): with the model
                     // trained on benign text in 14 languages it changed no decision on the 188
                     // non-Latin benign dev rows nor on the everyday probes, and cost 12 non-Latin
                     // injections at 1 % FPR.
-                    let mut cal = calibrate(c.score, mt, t.flag, t.block);
+                    let mut cal = calibrate(c_score, mt, t.flag, t.block);
                     let alnum = text.chars().filter(|c| c.is_alphanumeric()).take(PHRASE_MAX_CHARS).count();
                     // Too little context for the model alone (see MIN_CLASSIFIER_CHARS and
                     // PHRASE_MAX_CHARS): a word or two may be flagged only with a signature, a

@@ -96,7 +96,11 @@ fn tampered_model_is_refused() {
     let p = Policy::from_json(&format!(r#"{{"classifier": {{"model_dir": {:?}}}}}"#, dir)).unwrap();
     let fw = Firewall::builder().policy(p).build().unwrap();
     let v = fw.scan_prompt("What is the weather like?");
-    assert_eq!(v.classifier.as_ref().unwrap().status, "unavailable");
+    let cv = v.classifier.as_ref().unwrap();
+    assert_eq!(cv.status, "unavailable");
+    // No score, not a benign one: JSON null, so a caller reading it cannot mistake it for 0.
+    assert_eq!(cv.score, None);
+    assert_eq!(serde_json::to_value(cv).unwrap()["score"], serde_json::Value::Null);
     assert_eq!(v.decision, Action::Allow);
     let p = Policy::from_json(&format!(r#"{{"classifier": {{"model_dir": {:?}, "on_unavailable": "fail_closed"}}}}"#, dir)).unwrap();
     let fw = Firewall::builder().policy(p).build().unwrap();
@@ -287,7 +291,7 @@ fn normalised_view_is_scored_only_when_it_can_change_the_decision() {
     assert!(v.flags.homoglyphs > 0);
     assert!(v.matches.is_empty());
     let cv = v.classifier.unwrap();
-    assert_eq!((cv.windows, cv.score), (2, 0.95));
+    assert_eq!((cv.windows, cv.score), (2, Some(0.95)));
     assert_eq!(v.decision, Action::Block);
     assert_eq!(c.asked.lock().unwrap().len(), 2);
     assert!(c.asked.lock().unwrap()[1].is_ascii());
@@ -295,7 +299,7 @@ fn normalised_view_is_scored_only_when_it_can_change_the_decision() {
     let (fw, c) = by_script(0.92, 0.99);
     let v = fw.scan_prompt(text);
     let cv = v.classifier.unwrap();
-    assert_eq!((cv.windows, cv.score), (1, 0.92));
+    assert_eq!((cv.windows, cv.score), (1, Some(0.92)));
     assert_eq!(v.decision, Action::Block);
     assert_eq!(*c.asked.lock().unwrap(), vec![text.to_string()]);
     // Just under it: the view is still scored.
