@@ -74,13 +74,35 @@ fn default_output() -> String {
 }
 
 /// Reads `config.json` and verifies every file listed in `MANIFEST` (SHA-256 and size).
-/// Errors: `model_integrity` (missing manifest or file, digest or size mismatch), `io`.
+/// Errors: `model_integrity` (missing manifest or file, digest or size mismatch, a file that is
+/// not UTF-8 or JSON where text is expected, bad window settings).
 pub fn verify_bundle(dir: &Path) -> Result<ModelConfig> {
+    Ok(read_verified_bundle(dir)?.config)
+}
+
+/// The files of a model bundle as they were when their SHA-256 digests were checked: the loader
+/// builds the tokenizer and the ONNX session from these bytes, never from a second read of the
+/// files, so a file swapped after the check cannot be loaded.
+#[derive(Debug, Clone)]
+pub struct VerifiedBundle {
+    /// `config.json`, parsed and its window settings checked.
+    pub config: ModelConfig,
+    /// `tokenizer.json` (UTF-8 text).
+    pub tokenizer_json: String,
+    /// `model.onnx` (bytes).
+    pub model_onnx: Vec<u8>,
+}
+
+/// Reads every file listed in `dir/MANIFEST` once, checks its size and SHA-256, and returns the
+/// checked bytes of `config.json`, `tokenizer.json` and `model.onnx` (all three must be listed).
+/// Errors: as [`verify_bundle`].
+pub fn read_verified_bundle(dir: &Path) -> Result<VerifiedBundle> {
     let manifest_path = dir.join("MANIFEST");
     let manifest = std::fs::read_to_string(&manifest_path).map_err(|e| {
         Error::new(ErrorCode::ModelIntegrity, format!("{}: cannot read MANIFEST: {e}", dir.display()))
     })?;
     let mut listed = 0;
+    let (mut config, mut tokenizer, mut model) = (None, None, None);
     for line in manifest.lines() {
         let parts: Vec<&str> = line.split_whitespace().collect();
         if parts.len() != 3 || parts[0].len() != 64 {
@@ -105,22 +127,29 @@ pub fn verify_bundle(dir: &Path) -> Result<ModelConfig> {
             ));
         }
         listed += 1;
-    }
-    for required in ["model.onnx", "tokenizer.json", "config.json"] {
-        if !manifest.lines().any(|l| l.split_whitespace().nth(2) == Some(required)) {
-            return Err(Error::new(ErrorCode::ModelIntegrity, format!("{}: MANIFEST does not list {required}", dir.display())));
+        match file {
+            "config.json" => config = Some((bytes, path)),
+            "tokenizer.json" => tokenizer = Some((bytes, path)),
+            "model.onnx" => model = Some(bytes),
+            _ => {}
         }
     }
     if listed == 0 {
         return Err(Error::new(ErrorCode::ModelIntegrity, format!("{}: MANIFEST lists no files", dir.display())));
     }
-    let cfg = Error::read_text(&dir.join("config.json"), "", ErrorCode::ModelIntegrity)?;
+    let missing = |f: &str| Error::new(ErrorCode::ModelIntegrity, format!("{}: MANIFEST does not list {f}", dir.display()));
+    let (model_onnx, (tok, tok_path), (cfg, cfg_path)) = (
+        model.ok_or_else(|| missing("model.onnx"))?,
+        tokenizer.ok_or_else(|| missing("tokenizer.json"))?,
+        config.ok_or_else(|| missing("config.json"))?,
+    );
+    let cfg = Error::text_from(cfg, &cfg_path, "", ErrorCode::ModelIntegrity)?;
     let cfg: ModelConfig = serde_json::from_str(&cfg)
         .map_err(|e| Error::new(ErrorCode::ModelIntegrity, format!("{}/config.json: {e}", dir.display())))?;
     if cfg.max_length < 8 || cfg.window_stride == 0 || cfg.window_stride > cfg.max_length || cfg.max_windows == 0 {
         return Err(Error::new(ErrorCode::ModelIntegrity, format!("{}/config.json: bad window settings", dir.display())));
     }
-    Ok(cfg)
+    Ok(VerifiedBundle { config: cfg, tokenizer_json: Error::text_from(tok, &tok_path, "", ErrorCode::ModelIntegrity)?, model_onnx })
 }
 
 /// Token windows over a sequence of `n` content tokens: half-open `(start, end)` token ranges
@@ -376,9 +405,23 @@ mod tests {
         let m = format!("{}{}{}", line("model.onnx"), line("tokenizer.json"), line("config.json"));
         std::fs::write(dir.join("MANIFEST"), &m).unwrap();
         assert_eq!(verify_bundle(&dir).unwrap().max_length, 16);
+        // The loader gets the checked bytes themselves: a swap after the check is not loaded.
+        let b = read_verified_bundle(&dir).unwrap();
+        assert_eq!((b.model_onnx.as_slice(), b.tokenizer_json.as_str()), (&b"x"[..], "x"));
         std::fs::write(dir.join("model.onnx"), b"y").unwrap();
+        assert_eq!(b.model_onnx, b"x");
         let e = verify_bundle(&dir).unwrap_err();
         assert_eq!(e.code(), ErrorCode::ModelIntegrity);
         assert!(e.message().contains("tampered"), "{e}");
+        // All three files must be listed; a listed text file must be UTF-8.
+        std::fs::write(dir.join("model.onnx"), b"x").unwrap();
+        std::fs::write(dir.join("MANIFEST"), format!("{}{}", line("model.onnx"), line("config.json"))).unwrap();
+        let e = verify_bundle(&dir).unwrap_err();
+        assert!(e.message().contains("does not list tokenizer.json"), "{e}");
+        std::fs::write(dir.join("tokenizer.json"), b"\xff\xfe").unwrap();
+        std::fs::write(dir.join("MANIFEST"), format!("{}{}{}", line("model.onnx"), line("tokenizer.json"), line("config.json"))).unwrap();
+        let e = verify_bundle(&dir).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::ModelIntegrity);
+        assert!(e.message().contains("not valid UTF-8"), "{e}");
     }
 }

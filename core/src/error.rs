@@ -112,6 +112,12 @@ impl Error {
         let bytes = std::fs::read(path).map_err(|e| {
             Error::new(ErrorCode::Io, format!("{what}cannot read {}: {e}", path.display())).with_source(e)
         })?;
+        Error::text_from(bytes, path, what, invalid_utf8)
+    }
+
+    /// The text of bytes already read from `path`: the given code naming the first bad byte's
+    /// offset when they are not UTF-8 (as [`Error::read_text`]).
+    pub(crate) fn text_from(bytes: Vec<u8>, path: &std::path::Path, what: &str, invalid_utf8: ErrorCode) -> Result<String> {
         String::from_utf8(bytes).map_err(|e| {
             let at = e.utf8_error().valid_up_to();
             Error::new(invalid_utf8, format!("{what}{}: not valid UTF-8 (byte {at})", path.display()))

@@ -17,7 +17,7 @@ use ort::session::Session;
 use ort::value::Tensor;
 use tokenizers::Tokenizer;
 
-use super::{verify_bundle, windows, Classifier, ClassifierScore, ModelConfig};
+use super::{read_verified_bundle, windows, Classifier, ClassifierScore, ModelConfig, VerifiedBundle};
 use crate::error::{Error, ErrorCode, Result};
 
 /// Settings for loading an ONNX classifier.
@@ -198,9 +198,10 @@ fn model_err(code: ErrorCode, e: impl std::fmt::Display) -> Error {
 impl OnnxClassifier {
     /// Verifies the bundle (`model_integrity`), loads the runtime (`runtime_missing`), the
     /// tokenizer and the sessions, and checks the model's input/output names
-    /// (`model_signature`).
+    /// (`model_signature`). The tokenizer and the sessions are built from the bytes whose
+    /// digests were checked ([`read_verified_bundle`]), so the files are read once.
     pub fn load(opts: &OnnxOptions) -> Result<Self> {
-        let mut config = verify_bundle(&opts.model_dir)?;
+        let VerifiedBundle { mut config, tokenizer_json: tok_text, model_onnx } = read_verified_bundle(&opts.model_dir)?;
         if let Some(s) = opts.window_stride {
             config.window_stride = s.clamp(1, config.max_length);
         }
@@ -213,8 +214,6 @@ impl OnnxClassifier {
             _ => return Err(Error::new(ErrorCode::RuntimeMissing, "ONNX Runtime environment unavailable")),
         };
         // Checked for regex patterns before `tokenizers` parses (and compiles) them.
-        let tok_path = opts.model_dir.join("tokenizer.json");
-        let tok_text = Error::read_text(&tok_path, "", ErrorCode::ModelIntegrity)?;
         crate::classifier::check_tokenizer_json(&tok_text)?;
         let mut tokenizer = tok_text
             .parse::<Tokenizer>()
@@ -235,7 +234,7 @@ impl OnnxClassifier {
                 .map_err(|e| model_err(ErrorCode::ClassifierFailed, e))?
                 .with_intra_threads(opts.intra_threads.max(1))
                 .map_err(|e| model_err(ErrorCode::ClassifierFailed, e))?
-                .commit_from_file(&model_path)
+                .commit_from_memory(&model_onnx)
                 .map_err(|e| model_err(ErrorCode::ModelSignature, format!("{}: {e}", model_path.display())))?;
             sessions.push(Mutex::new(s));
         }
