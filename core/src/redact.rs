@@ -647,7 +647,11 @@ fn detectors() -> &'static [Detector] {
         vec![
             pre(&["-----BEGIN "], d(
                 Entity::PrivateKey,
-                r"(?s)-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----.*?-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----",
+                // Terminated by its END line, or, when the header is followed by a line of key
+                // body (base64, 16+ characters, after optional `Proc-Type:`-style headers),
+                // running to the end of the text: an output cut off mid-key (max_tokens) still
+                // holds key material.
+                r"(?s)-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----(?:.*?-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|[ \t]*\r?\n(?:[A-Za-z-]+:[^\r\n]*\r?\n)*[ \t]*[A-Za-z0-9+/=]{16,}[ \t]*(?:\r?\n|\z).*\z)",
                 0,
                 check_any,
             )),
@@ -1346,8 +1350,10 @@ impl Utf8Stream {
 /// send now. A value split across chunks is never let through: the redactor holds back the
 /// unfinished tail of the current line (at most `redaction.stream_holdback_bytes`), a run of
 /// token characters still in progress (up to 16 KiB, for long tokens such as JWTs) and any
-/// `-----BEGIN … PRIVATE KEY-----` block until its END line (up to 64 KiB, after which the
-/// partial block is redacted). It emits only up to the start of a whitespace-delimited token that
+/// `-----BEGIN … PRIVATE KEY-----` block until its END line is complete (up to 64 KiB; a longer
+/// block is then redacted as far as it has come, and the rest of its body is dropped until the
+/// END line, so the output is still one tag). A block still open when the stream ends is
+/// redacted to the end, as in whole-text redaction. It emits only up to the start of a whitespace-delimited token that
 /// no detector match (accepted or rejected) spans, so the output equals redacting the whole
 /// stream at once (property-tested), except inside single tokens, or chains of overlapping
 /// detector matches, longer than 16 KiB: the cut then moves back at most 16 KiB.
@@ -1362,6 +1368,31 @@ pub struct StreamRedactor {
     state: TagState,
     findings: Vec<Finding>,
     canary_leaked: bool,
+    /// Inside a private-key block that was redacted before its END line arrived (it was longer
+    /// than MAX_PEM_HOLD): its body is dropped until the END line.
+    in_key: bool,
+}
+
+/// The END line of a private-key block.
+fn pem_end_re() -> &'static Regex {
+    static R: OnceLock<Regex> = OnceLock::new();
+    R.get_or_init(|| re(r"-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"))
+}
+
+/// Longest END line [`pem_end_re`] matches (bytes).
+const PEM_END_MAX: usize = 9 + 40 + 11 + 6 + 5;
+
+/// Start of the first `-----BEGIN ` in `b` that no complete END line closes (each BEGIN is
+/// closed by the first END line after it, as the detector's lazy match does).
+fn unterminated_pem(b: &str) -> Option<usize> {
+    let mut pos = 0;
+    loop {
+        let pb = pos + b[pos..].find("-----BEGIN ")?;
+        match pem_end_re().find(&b[pb..]) {
+            Some(m) => pos = pb + m.end(),
+            None => return Some(pb),
+        }
+    }
 }
 
 /// Most bytes of a token-character run held back while it may still grow.
@@ -1371,20 +1402,76 @@ const MAX_PEM_HOLD: usize = 64 << 10;
 
 impl StreamRedactor {
     pub(crate) fn new(fw: crate::Firewall) -> Self {
-        StreamRedactor { fw, buf: String::new(), base: 0, state: TagState::default(), findings: Vec::new(), canary_leaked: false }
+        StreamRedactor { fw, buf: String::new(), base: 0, state: TagState::default(), findings: Vec::new(), canary_leaked: false, in_key: false }
     }
 
     /// Adds a chunk and returns the redacted text that can be sent now (possibly empty).
     pub fn push(&mut self, chunk: &str) -> String {
         self.buf.push_str(chunk);
+        let mut out = self.drop_key_body();
+        if !self.in_key {
+            if let Some(pb) = unterminated_pem(&self.buf) {
+                if self.buf.len() - pb > MAX_PEM_HOLD {
+                    // Held long enough: redact the partial block now (it runs to the end of the
+                    // buffer) and drop the rest of the key body as it arrives, up to its END line.
+                    let (n, at) = (self.buf.len(), self.base + pb);
+                    out.push_str(&self.emit(n));
+                    self.in_key = self.findings.last().is_some_and(|f| f.entity == Entity::PrivateKey && f.start == at);
+                    return out;
+                }
+            }
+            let cut = self.safe_cut();
+            out.push_str(&self.emit(cut));
+        }
+        out
+    }
+
+    /// In a key block redacted before its END line: drops the buffered key body up to and
+    /// including the END line (extending the block's finding), or, while there is none, all but
+    /// a tail that may hold the start of a split END line. Returns the text emitted after the
+    /// block, if the END line arrived.
+    fn drop_key_body(&mut self) -> String {
+        if !self.in_key {
+            return String::new();
+        }
+        let end = pem_end_re().find(&self.buf).map(|m| m.end());
+        let drop = end.unwrap_or_else(|| {
+            let mut k = self.buf.len().saturating_sub(PEM_END_MAX);
+            while !self.buf.is_char_boundary(k) {
+                k -= 1;
+            }
+            k
+        });
+        self.buf.drain(..drop);
+        self.base += drop;
+        if let Some(f) = self.findings.last_mut() {
+            f.end = self.base;
+        }
+        if end.is_none() {
+            return String::new();
+        }
+        self.in_key = false;
         let cut = self.safe_cut();
         self.emit(cut)
     }
 
-    /// Ends the stream: returns the rest, redacted.
+    /// Ends the stream: returns the rest, redacted (the rest of a key block redacted before its
+    /// END line is dropped).
     pub fn finish(&mut self) -> String {
+        let mut out = self.drop_key_body();
+        if self.in_key {
+            let n = self.buf.len();
+            self.base += n;
+            self.buf.clear();
+            if let Some(f) = self.findings.last_mut() {
+                f.end = self.base;
+            }
+            self.in_key = false;
+            return out;
+        }
         let n = self.buf.len();
-        self.emit(n)
+        out.push_str(&self.emit(n));
+        out
     }
 
     /// Findings so far (offsets in the whole stream).
@@ -1420,11 +1507,10 @@ impl StreamRedactor {
         if n - tok_start <= MAX_TOKEN_HOLD {
             cut = cut.min(tok_start);
         }
-        // ... and an unterminated private-key block.
-        if let Some(pb) = b.rfind("-----BEGIN ") {
-            if !b[pb..].contains("-----END ") && n - pb <= MAX_PEM_HOLD {
-                cut = cut.min(pb);
-            }
+        // ... and a private-key block whose END line is not complete yet (a block over
+        // MAX_PEM_HOLD is handled by `push`).
+        if let Some(pb) = unterminated_pem(b) {
+            cut = cut.min(pb);
         }
         while !b.is_char_boundary(cut) {
             cut -= 1;

@@ -48,6 +48,12 @@ fn mixed_text() -> impl Strategy<Value = String> {
         1 => Just(format!("{}{}", "AKIA", "IOSFODNN7EXAMPLQ")),
         1 => Just("password=Tr0ub4dor&3x".to_string()),
         1 => Just(format!("{}{}", "ghp_", "aB3dE5gH7jK9mN2pQ4sT6vW8yZ0aB3dE5gH7j")),
+        // Private-key blocks, whole and in parts (a header, a body line, an END line), so that
+        // blocks open, close and stay open at the end of the text.
+        1 => Just(format!("-----BEGIN RSA {}-----\nMIIEpAIBAAKCAQEA1234567890abcdef\nabcdef\n-----END RSA {}-----", "PRIVATE KEY", "PRIVATE KEY")),
+        1 => Just(format!("-----BEGIN {}-----\n", "PRIVATE KEY")),
+        1 => Just("MIIEpAIBAAKCAQEA1234567890abcdef\n".to_string()),
+        1 => Just(format!("-----END {}-----", "PRIVATE KEY")),
     ];
     proptest::collection::vec(piece, 0..40).prop_map(|v| v.concat())
 }
@@ -146,4 +152,77 @@ fn stream_holdback_is_bounded_when_matches_chain() {
     }
     emitted.push_str(&s.finish());
     assert!(emitted.len() >= 3000 * 20);
+}
+
+/// Review finding: a private key streamed in small chunks (as LLM tokens arrive) was let
+/// through whole: the hold ended as soon as `-----END ` arrived, before the END line was
+/// complete, so the block did not match yet and went out unredacted.
+#[test]
+fn private_key_streamed_in_small_chunks_is_redacted() {
+    let text = format!(
+        "-----BEGIN RSA {k}-----\nMIIEpAIBAAKCAQEA1234567890abcdef\nabcdef\n-----END RSA {k}-----\nafter",
+        k = "PRIVATE KEY"
+    );
+    let whole = fw().scan_output(&text);
+    assert_eq!(whole.text, "[PRIVATE_KEY_1]\nafter");
+    for size in 1..=32 {
+        let mut s = fw().stream_redactor();
+        let mut out = String::new();
+        for chunk in text.as_bytes().chunks(size) {
+            out.push_str(&s.push(std::str::from_utf8(chunk).unwrap()));
+        }
+        out.push_str(&s.finish());
+        assert_eq!(out, whole.text, "chunks of {size} bytes");
+    }
+}
+
+/// An output cut off inside a key block (max_tokens) still holds key material: redacted to the
+/// end, whole or streamed. A header mentioned in prose with no key body after it is not.
+#[test]
+fn unterminated_private_key_is_redacted_to_the_end() {
+    let body: String = (0..6).map(|i| format!("MIIEpAIBAAKCAQEA{i:04}567890abcdefABCDEFGHIJ+/\n")).collect();
+    let text = format!("Here is the key:\n-----BEGIN {}-----\n{body}MIIE", "PRIVATE KEY");
+    let whole = fw().scan_output(&text);
+    assert_eq!(whole.text, "Here is the key:\n[PRIVATE_KEY_1]");
+    let mut s = fw().stream_redactor();
+    let mut out: String = text.split_inclusive('\n').map(|l| s.push(l)).collect();
+    out.push_str(&s.finish());
+    assert_eq!(out, whole.text);
+    let prose = format!("A PEM file starts with -----BEGIN {}-----\nand then internationalization text follows.", "PRIVATE KEY");
+    assert_eq!(fw().scan_output(&prose).text, prose);
+}
+
+/// A key block longer than the stream's 64 KiB hold is redacted as far as it has come, and the
+/// rest of its body is dropped up to its END line: one tag, as in whole-text redaction, and
+/// the text after the block comes through.
+#[test]
+fn private_key_longer_than_the_hold_stays_redacted() {
+    let line = "MIIEpAIBAAKCAQEA1234567890abcdefABCDEFGHIJKLMNOPQRSTUVWXYZ+/abcdefgh\n";
+    let text = format!("key:\n-----BEGIN {k}-----\n{}-----END {k}-----\nafter the key", line.repeat(1200), k = "PRIVATE KEY");
+    assert!(text.len() > 78_000);
+    let whole = fw().scan_output(&text);
+    assert_eq!(whole.text, "key:\n[PRIVATE_KEY_1]\nafter the key");
+    for split in [1usize, 7] {
+        let mut s = fw().stream_redactor();
+        let mut out = String::new();
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let j = (i + line.len() / split).min(bytes.len());
+            out.push_str(&s.push(std::str::from_utf8(&bytes[i..j]).unwrap()));
+            i = j;
+        }
+        out.push_str(&s.finish());
+        assert_eq!(out, whole.text);
+        assert!(s.pending_bytes() == 0);
+        let f: Vec<_> = s.findings().iter().map(|f| (f.entity, f.start, f.end)).collect();
+        let w: Vec<_> = whole.findings.iter().map(|f| (f.entity, f.start, f.end)).collect();
+        assert_eq!(f, w);
+    }
+    // Cut off mid-key after the hold: nothing of the body comes out.
+    let cut = &text[..75_000];
+    let mut s = fw().stream_redactor();
+    let mut out: String = cut.split_inclusive('\n').map(|l| s.push(l)).collect();
+    out.push_str(&s.finish());
+    assert_eq!(out, "key:\n[PRIVATE_KEY_1]");
 }
