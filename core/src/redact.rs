@@ -1014,7 +1014,29 @@ impl Redactor {
                 Gate::CapsRuns(min_bytes) => (&scan.get_or_insert_with(|| digit_scan(text)).caps_runs, Some(RunNeed::Bytes(min_bytes))),
                 _ => (&whole, None),
             };
-            if d.group == 0 {
+            if d.entity == Entity::PaymentCard {
+                // Card numbers are searched again right after an accepted card that ended before
+                // its match did, and from the next digit group after a rejected match: the
+                // pattern takes up to 19 digits, so two cards in a row (`4111 1111 1111 1111
+                // 4111 ...`) or a number after a stray digit group would hide the second card.
+                for r in ranges.iter().filter(|r| need.is_none_or(|n| n.admits(r))) {
+                    let hay = &text[..r.end];
+                    let mut at = r.start;
+                    while let Some(m) = d.re.find_at(hay, at) {
+                        let (s, e) = (m.start(), m.end());
+                        if let Some(r) = raw.as_deref_mut() {
+                            r.push((s, e));
+                        }
+                        at = match card_prefix(text, s, e) {
+                            Some(e2) if !self.allowed(&text[s..e2]) => {
+                                out.push(Cand { entity: d.entity, start: s, end: e2 });
+                                e2
+                            }
+                            _ => text[s..e].find([' ', '-']).map_or(e, |k| s + k + 1),
+                        };
+                    }
+                }
+            } else if d.group == 0 {
                 spans.clear();
                 spans.extend(
                     ranges
@@ -1025,12 +1047,6 @@ impl Redactor {
                 for &(s, e) in &spans {
                     if let Some(r) = raw.as_deref_mut() {
                         r.push((s, e));
-                    }
-                    if d.entity == Entity::PaymentCard {
-                        if let Some(e2) = card_prefix(text, s, e) {
-                            out.push(Cand { entity: d.entity, start: s, end: e2 });
-                        }
-                        continue;
                     }
                     if (d.check)(text, s, e) && !self.allowed(&text[s..e]) {
                         out.push(Cand { entity: d.entity, start: s, end: e });
@@ -1789,6 +1805,13 @@ mod tests {
     fn pii() {
         assert_eq!(ents("mail dana@example.org now"), vec![(Entity::Email, "dana@example.org".into())]);
         assert_eq!(ents("card 4111 1111 1111 1111."), vec![(Entity::PaymentCard, "4111 1111 1111 1111".into())]);
+        // Review finding: the pattern takes up to 19 digits, so a second card right after the
+        // first (or after a stray digit group) was swallowed by the first match.
+        let card = |v: &str| (Entity::PaymentCard, v.to_string());
+        assert_eq!(ents("4111 1111 1111 1111 4111 1111 1111 1111"), vec![card("4111 1111 1111 1111"); 2]);
+        assert_eq!(ents("4111111111111111 4111111111111111"), vec![card("4111111111111111"); 2]);
+        assert_eq!(ents("5500 0000 0000 0004 4111 1111 1111 1111"), vec![card("5500 0000 0000 0004"), card("4111 1111 1111 1111")]);
+        assert_eq!(ents("ref 1234 4111 1111 1111 1111"), vec![card("4111 1111 1111 1111")]);
         assert!(ents("card 4111 1111 1111 1112").is_empty());
         assert_eq!(ents("iban GB82 WEST 1234 5698 7654 32 ok"), vec![(Entity::Iban, "GB82 WEST 1234 5698 7654 32".into())]);
         assert!(ents("iban GB83 WEST 1234 5698 7654 32").is_empty());
