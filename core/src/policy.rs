@@ -408,7 +408,7 @@ impl Policy {
         if !(4096..=(64 << 20)).contains(&l.chunk_bytes) {
             return Err(Error::policy("limits.chunk_bytes: must be within 4096..=67108864"));
         }
-        if l.overlap_bytes * 2 >= l.chunk_bytes {
+        if l.overlap_bytes.saturating_mul(2) >= l.chunk_bytes {
             return Err(Error::policy("limits.overlap_bytes: must be less than half of limits.chunk_bytes"));
         }
         if l.max_decode_depth > 4 {
@@ -494,6 +494,12 @@ mod tests {
         assert!(e.message().starts_with("thresholds.block"), "{e}");
         let e = Policy::from_json(r#"{"thresholds": {"block": 1.5}}"#).unwrap_err();
         assert!(e.message().starts_with("thresholds.block"), "{e}");
+        // Review finding: 2^63 doubled wrapped to 0 in a release build and passed, then chunking
+        // with it hung scans. Values past i64 are only expressible in JSON.
+        for v in ["9223372036854775808", "9223372036854775809", "18446744073709551615"] {
+            let e = Policy::from_json(&format!(r#"{{"limits": {{"overlap_bytes": {v}}}}}"#)).unwrap_err();
+            assert!(e.message().starts_with("limits.overlap_bytes"), "{v}: {e}");
+        }
         let e = Policy::from_json(r#"{"redaction": {"entities": ["emial"]}}"#).unwrap_err();
         assert!(e.message().starts_with("redaction.entities"), "{e}");
         let e = Policy::from_json(r#"{"version": 2}"#).unwrap_err();
