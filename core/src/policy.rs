@@ -348,6 +348,8 @@ impl Policy {
 
     /// Parses and validates a JSON policy. Errors: `policy_invalid` naming the field.
     pub fn from_json(s: &str) -> Result<Self> {
+        // A byte-order mark (Windows editors) is accepted, as TOML accepts it.
+        let s = s.strip_prefix('\u{feff}').unwrap_or(s);
         let mut de = serde_json::Deserializer::from_str(s);
         let p: Policy = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
         de.end().map_err(|e| Error::policy(format!("trailing data: {e}")))?;
@@ -494,6 +496,10 @@ mod tests {
         assert!(e.message().starts_with("thresholds.block"), "{e}");
         let e = Policy::from_json(r#"{"thresholds": {"block": 1.5}}"#).unwrap_err();
         assert!(e.message().starts_with("thresholds.block"), "{e}");
+        // A byte-order mark is accepted in JSON as in TOML.
+        let bom = "\u{feff}{\"thresholds\": {\"flag\": 0.4}}";
+        assert_eq!(Policy::from_json(bom).unwrap().thresholds.flag, 0.4);
+        assert_eq!(Policy::from_toml("\u{feff}[thresholds]\nflag = 0.4").unwrap().thresholds.flag, 0.4);
         // Review finding: 2^63 doubled wrapped to 0 in a release build and passed, then chunking
         // with it hung scans. Values past i64 are only expressible in JSON.
         for v in ["9223372036854775808", "9223372036854775809", "18446744073709551615"] {

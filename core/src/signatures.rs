@@ -234,7 +234,8 @@ fn valid_name(s: &str) -> bool {
 
 impl SignatureSet {
     /// Compiles rules. Errors (`rule_invalid`): duplicate id, bad category name, a rule with
-    /// neither phrases nor patterns, an empty phrase, a pattern that does not compile.
+    /// neither phrases nor patterns, an empty phrase, a pattern that does not compile or that
+    /// matches the empty string.
     pub fn compile(defs: &[RuleDef]) -> Result<Self> {
         let mut rules = Vec::with_capacity(defs.len());
         let mut seen = std::collections::HashSet::new();
@@ -293,6 +294,11 @@ impl SignatureSet {
                     )
                     .build(p)
                     .map_err(|e| Error::rule(format!("rule `{}`: patterns[{j}]: {}", d.id, build_error(&e))))?;
+                // An empty pattern (or `x?`) matches the empty string at every position: it would
+                // be a silent no-op or a match everywhere, never what a rule author meant.
+                if re.is_match("") {
+                    return Err(Error::rule(format!("rule `{}`: patterns[{j}]: matches the empty string", d.id)));
+                }
                 let pi = patterns.len() as u32;
                 match prefix_literals(p) {
                     Some(lits) => {
@@ -735,6 +741,13 @@ mod tests {
         let e = SignatureSet::compile(&defs).unwrap_err();
         assert_eq!(e.code(), crate::ErrorCode::RuleInvalid);
         assert!(e.to_string().contains("rule `X-1`: patterns[0]"), "{e}");
+        // Review finding: `patterns = [""]` was accepted and matched nothing.
+        for p in ["", "(?:ignore)?", "x*"] {
+            let defs = vec![RuleDef { patterns: vec!["ok then".into(), p.into()], ..defs[0].clone() }];
+            let e = SignatureSet::compile(&defs).unwrap_err();
+            assert_eq!(e.code(), crate::ErrorCode::RuleInvalid);
+            assert!(e.to_string().contains("patterns[1]: matches the empty string"), "{p:?}: {e}");
+        }
     }
 
     #[test]
