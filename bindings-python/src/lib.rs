@@ -20,6 +20,17 @@ create_exception!(_vallum, ModelError, VallumError, "Classifier model or runtime
 create_exception!(_vallum, InputError, VallumError, "Unusable input, e.g. bytes that are not UTF-8 (code input_invalid).");
 create_exception!(_vallum, VallumIOError, VallumError, "A file could not be read (code io).");
 
+/// A watermark payload: an `int` within 0..=2^64-1. An `int` out of that range raises
+/// `InputError` (code `input_invalid`, as in Node); a non-integer raises `TypeError`.
+fn payload_arg(payload: &Bound<'_, PyAny>) -> PyResult<u64> {
+    if !payload.is_instance_of::<pyo3::types::PyInt>() {
+        return payload.extract::<u64>();
+    }
+    payload
+        .extract::<u64>()
+        .map_err(|_| raise("input_invalid", format!("payload: {payload} is outside 0..=18446744073709551615 (an unsigned 64-bit integer)")))
+}
+
 fn raise(code: &str, message: String) -> PyErr {
     let err = match code {
         "policy_invalid" | "rule_invalid" | "key_invalid" => PolicyError::new_err(message),
@@ -401,8 +412,9 @@ impl Firewall {
         let t = text_arg(text)?;
         enter_core(py, || self.0.restore(&t))
     }
-    fn watermark(&self, py: Python<'_>, text: &Bound<'_, PyAny>, payload: u64) -> PyResult<String> {
+    fn watermark(&self, py: Python<'_>, text: &Bound<'_, PyAny>, payload: &Bound<'_, PyAny>) -> PyResult<String> {
         let t = text_arg(text)?;
+        let payload = payload_arg(payload)?;
         enter_core(py, || self.0.watermark(&t, payload))
     }
     fn detect_watermark(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<Option<Detection>> {
@@ -420,8 +432,8 @@ impl Firewall {
     fn stream_redactor(&self) -> StreamRedactor {
         StreamRedactor(Mutex::new(self.0.stream_redactor()), Mutex::default())
     }
-    fn stream_watermarker(&self, payload: u64) -> StreamWatermarker {
-        StreamWatermarker(Mutex::new(self.0.stream_watermarker(payload)), Mutex::default())
+    fn stream_watermarker(&self, payload: &Bound<'_, PyAny>) -> PyResult<StreamWatermarker> {
+        Ok(StreamWatermarker(Mutex::new(self.0.stream_watermarker(payload_arg(payload)?)), Mutex::default()))
     }
     fn __repr__(&self) -> String {
         format!("Firewall(rules={}, classifier={})", self.0.rule_count(), self.0.has_classifier())

@@ -93,6 +93,19 @@ def test_stream_watermarker_matches_whole(fw):
     assert fw.detect_watermark(out).payload == 77
 
 
+def test_watermark_payload_out_of_range_is_input_error(fw):
+    # Review finding: -1 and 2**64 raised a bare OverflowError; Node gives input_invalid.
+    assert fw.detect_watermark(fw.watermark(" ".join(["word"] * 80), 2**64 - 1)).payload == 2**64 - 1
+    for bad in (-1, 2**64):
+        with pytest.raises(vallum.InputError) as ei:
+            fw.watermark("some text here", bad)
+        assert ei.value.code == "input_invalid" and "payload" in str(ei.value)
+        with pytest.raises(vallum.InputError):
+            fw.stream_watermarker(bad)
+    with pytest.raises(TypeError):
+        fw.watermark("some text here", "7")
+
+
 def test_canary_and_pseudonyms(fw):
     c = fw.new_canary()
     r = fw.scan_output(f"leaked: {c}")
