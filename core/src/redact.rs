@@ -651,7 +651,7 @@ fn detectors() -> &'static [Detector] {
                 // body (base64, 16+ characters, after optional `Proc-Type:`-style headers),
                 // running to the end of the text: an output cut off mid-key (max_tokens) still
                 // holds key material.
-                r"(?s)-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----(?:.*?-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|[ \t]*\r?\n(?:[A-Za-z-]+:[^\r\n]*\r?\n)*[ \t]*[A-Za-z0-9+/=]{16,}[ \t]*(?:\r?\n|\z).*\z)",
+                &format!(r"(?s)-----BEGIN [A-Z0-9 ]{{0,40}}PRIVATE KEY(?: BLOCK)?-----(?:.*?{PEM_END}|[ \t]*\r?\n(?:[A-Za-z-]+:[^\r\n]*\r?\n)*[ \t]*[A-Za-z0-9+/=]{{16,}}[ \t]*(?:\r?\n|\z).*\z)"),
                 0,
                 check_any,
             )),
@@ -1369,8 +1369,8 @@ impl Utf8Stream {
 /// `-----BEGIN … PRIVATE KEY-----` block until its END line is complete (up to 64 KiB; a longer
 /// block is then redacted as far as it has come, and the rest of its body is dropped until the
 /// END line, so the output is still one tag). A block still open when the stream ends is
-/// redacted to the end, as in whole-text redaction. It emits only up to the start of a whitespace-delimited token that
-/// no detector match (accepted or rejected) spans, so the output equals redacting the whole
+/// redacted to the end, as in whole-text redaction. It emits only up to the start of a
+/// whitespace-delimited token that no detector match (accepted or rejected) spans, so the output equals redacting the whole
 /// stream at once (property-tested), except inside single tokens, or chains of overlapping
 /// detector matches, longer than 16 KiB: the cut then moves back at most 16 KiB.
 /// Call [`StreamRedactor::finish`] at the end of the stream.
@@ -1389,13 +1389,16 @@ pub struct StreamRedactor {
     in_key: bool,
 }
 
-/// The END line of a private-key block.
+/// The END line of a private-key block (the private-key detector ends with it too).
+const PEM_END: &str = r"-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----";
+
 fn pem_end_re() -> &'static Regex {
     static R: OnceLock<Regex> = OnceLock::new();
-    R.get_or_init(|| re(r"-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"))
+    R.get_or_init(|| re(PEM_END))
 }
 
-/// Longest END line [`pem_end_re`] matches (bytes).
+/// Longest END line [`PEM_END`] matches (bytes): `-----END `, 40 label bytes, `PRIVATE KEY`,
+/// ` BLOCK`, `-----`.
 const PEM_END_MAX: usize = 9 + 40 + 11 + 6 + 5;
 
 /// Start of the first `-----BEGIN ` in `b` that no complete END line closes (each BEGIN is
@@ -1424,70 +1427,59 @@ impl StreamRedactor {
     /// Adds a chunk and returns the redacted text that can be sent now (possibly empty).
     pub fn push(&mut self, chunk: &str) -> String {
         self.buf.push_str(chunk);
-        let mut out = self.drop_key_body();
-        if !self.in_key {
-            if let Some(pb) = unterminated_pem(&self.buf) {
-                if self.buf.len() - pb > MAX_PEM_HOLD {
-                    // Held long enough: redact the partial block now (it runs to the end of the
-                    // buffer) and drop the rest of the key body as it arrives, up to its END line.
-                    let (n, at) = (self.buf.len(), self.base + pb);
-                    out.push_str(&self.emit(n));
-                    self.in_key = self.findings.last().is_some_and(|f| f.entity == Entity::PrivateKey && f.start == at);
-                    return out;
-                }
-            }
-            let cut = self.safe_cut();
-            out.push_str(&self.emit(cut));
+        if self.in_key && !self.drop_key_body() {
+            return String::new();
         }
-        out
+        let pem = unterminated_pem(&self.buf);
+        if let Some(pb) = pem.filter(|&pb| self.buf.len() - pb > MAX_PEM_HOLD) {
+            // Held long enough: redact the partial block now (it runs to the end of the buffer)
+            // and drop the rest of the key body as it arrives, up to its END line.
+            let (n, at) = (self.buf.len(), self.base + pb);
+            let out = self.emit(n);
+            self.in_key = self.findings.last().is_some_and(|f| f.entity == Entity::PrivateKey && f.start == at);
+            return out;
+        }
+        let cut = self.safe_cut(pem);
+        self.emit(cut)
     }
 
     /// In a key block redacted before its END line: drops the buffered key body up to and
-    /// including the END line (extending the block's finding), or, while there is none, all but
-    /// a tail that may hold the start of a split END line. Returns the text emitted after the
-    /// block, if the END line arrived.
-    fn drop_key_body(&mut self) -> String {
-        if !self.in_key {
-            return String::new();
+    /// including the END line and returns true, or, while there is none, drops all but a tail
+    /// that may hold the start of a split END line and returns false.
+    fn drop_key_body(&mut self) -> bool {
+        if let Some(m) = pem_end_re().find(&self.buf) {
+            self.drop_key_bytes(m.end());
+            self.in_key = false;
+            return true;
         }
-        let end = pem_end_re().find(&self.buf).map(|m| m.end());
-        let drop = end.unwrap_or_else(|| {
-            let mut k = self.buf.len().saturating_sub(PEM_END_MAX);
-            while !self.buf.is_char_boundary(k) {
-                k -= 1;
-            }
-            k
-        });
-        self.buf.drain(..drop);
-        self.base += drop;
+        let mut k = self.buf.len().saturating_sub(PEM_END_MAX);
+        while !self.buf.is_char_boundary(k) {
+            k -= 1;
+        }
+        self.drop_key_bytes(k);
+        false
+    }
+
+    /// Drops the first `k` buffered bytes as key body: the key block's finding (the last one)
+    /// grows over them.
+    fn drop_key_bytes(&mut self, k: usize) {
+        self.buf.drain(..k);
+        self.base += k;
         if let Some(f) = self.findings.last_mut() {
             f.end = self.base;
         }
-        if end.is_none() {
-            return String::new();
-        }
-        self.in_key = false;
-        let cut = self.safe_cut();
-        self.emit(cut)
     }
 
     /// Ends the stream: returns the rest, redacted (the rest of a key block redacted before its
     /// END line is dropped).
     pub fn finish(&mut self) -> String {
-        let mut out = self.drop_key_body();
-        if self.in_key {
-            let n = self.buf.len();
-            self.base += n;
-            self.buf.clear();
-            if let Some(f) = self.findings.last_mut() {
-                f.end = self.base;
-            }
+        if self.in_key && !self.drop_key_body() {
+            self.drop_key_bytes(self.buf.len());
             self.in_key = false;
-            return out;
+            return String::new();
         }
         let n = self.buf.len();
-        out.push_str(&self.emit(n));
-        out
+        self.emit(n)
     }
 
     /// Findings so far (offsets in the whole stream).
@@ -1505,7 +1497,8 @@ impl StreamRedactor {
         self.buf.len()
     }
 
-    fn safe_cut(&self) -> usize {
+    /// Where the buffer can be cut now; `pem` is [`unterminated_pem`] of the buffer.
+    fn safe_cut(&self, pem: Option<usize>) -> usize {
         let b = &self.buf;
         let n = b.len();
         let hold = self.fw.redactor().holdback;
@@ -1525,7 +1518,7 @@ impl StreamRedactor {
         }
         // ... and a private-key block whose END line is not complete yet (a block over
         // MAX_PEM_HOLD is handled by `push`).
-        if let Some(pb) = unterminated_pem(b) {
+        if let Some(pb) = pem {
             cut = cut.min(pb);
         }
         while !b.is_char_boundary(cut) {
