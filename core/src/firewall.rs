@@ -735,6 +735,13 @@ impl Firewall {
         StreamRedactor::new(self.clone())
     }
 
+    /// A redactor and watermarker for one `text/event-stream` response (see [`crate::sse`]):
+    /// redacts when `redact` is true, and watermarks the streamed text with `watermark_payload`
+    /// when given (and `watermark.enabled`). Pass-through when neither.
+    pub fn sse_stream(&self, redact: bool, watermark_payload: Option<u64>) -> crate::SseStream {
+        crate::SseStream::new(self.clone(), redact, watermark_payload)
+    }
+
     /// Puts back the original values of pseudonym tokens produced by this firewall (strategy
     /// `pseudonymize`). Unknown tokens and other text are left unchanged.
     pub fn restore(&self, text: &str) -> String {

@@ -6,7 +6,8 @@
 //!   ([`signatures`]) on every view, decodes and rescans encoded spans, and returns a [`Verdict`]
 //!   (decision, score, evidence with byte spans in the original text, obfuscation flags).
 //! - [`Firewall::scan_output`] redacts secrets, credentials, checksum-validated PII, canary tokens
-//!   and deny terms ([`redact`]); [`Firewall::stream_redactor`] does it on streams.
+//!   and deny terms ([`redact`]); [`Firewall::stream_redactor`] does it on streams, and
+//!   [`Firewall::sse_stream`] on server-sent event streams of JSON deltas ([`sse`]).
 //! - [`Firewall::watermark`] / [`Firewall::detect_watermark`] embed and recover a keyed,
 //!   invisible mark ([`watermark`]).
 //!
@@ -31,6 +32,7 @@ pub mod normalize;
 pub mod policy;
 pub mod redact;
 pub mod signatures;
+pub mod sse;
 pub mod validators;
 pub mod watermark;
 
@@ -41,4 +43,5 @@ pub use classifier::Classifier;
 pub use policy::{Action, Policy};
 pub use redact::{Entity, Finding, OutputResult, Strategy, StreamRedactor, Utf8Stream, Vault};
 pub use signatures::{RuleDef, RulePack, Severity};
+pub use sse::SseStream;
 pub use watermark::{Detection, StreamWatermarker};

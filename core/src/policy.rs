@@ -204,6 +204,23 @@ impl Default for CanaryPolicy {
     }
 }
 
+/// Server-sent event streams ([`crate::sse`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SsePolicy {
+    /// Field paths (`choices[*].delta.content`: keys joined by `.`, `[*]` any array index,
+    /// `[N]` one index) of the strings in JSON events that are pieces of the streamed text:
+    /// they are redacted as one stream across events and watermarked. Other strings are
+    /// redacted one by one and never watermarked. Default [`crate::sse::DEFAULT_TEXT_FIELDS`].
+    pub text_fields: Vec<String>,
+}
+
+impl Default for SsePolicy {
+    fn default() -> Self {
+        SsePolicy { text_fields: crate::sse::DEFAULT_TEXT_FIELDS.iter().map(|s| s.to_string()).collect() }
+    }
+}
+
 /// What the engine does when the classifier is enabled but cannot be loaded or fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -297,6 +314,8 @@ pub struct Policy {
     pub canary: CanaryPolicy,
     /// The classifier layer.
     pub classifier: ClassifierPolicy,
+    /// Server-sent event streams.
+    pub sse: SsePolicy,
     #[serde(skip)]
     pub(crate) base_dir: Option<PathBuf>,
 }
@@ -314,6 +333,7 @@ impl Default for Policy {
             watermark: WatermarkPolicy::default(),
             canary: CanaryPolicy::default(),
             classifier: ClassifierPolicy::default(),
+            sse: SsePolicy::default(),
             base_dir: None,
         }
     }
@@ -446,6 +466,9 @@ impl Policy {
             if t.len() < 8 {
                 return Err(Error::policy(format!("canary.tokens[{i}]: at least 8 bytes")));
             }
+        }
+        for (i, f) in self.sse.text_fields.iter().enumerate() {
+            crate::sse::FieldPath::parse(f, &format!("sse.text_fields[{i}]"))?;
         }
         let cl = &self.classifier;
         if cl.sessions == 0 || cl.sessions > 64 {

@@ -1,0 +1,870 @@
+//! Redaction and watermarking of server-sent event streams (`text/event-stream`, as parsed by
+//! the WHATWG HTML standard, § 9.2 "Server-sent events").
+//!
+//! An LLM API streams its reply as many small events, one or a few tokens each, often as JSON
+//! deltas (`data: {"choices":[{"delta":{"content":"dana"}}]}`). Redacting the raw bytes of
+//! such a stream misses every value split across events and can break the JSON (an e-mail
+//! pattern next to a `\n` escape takes the `n`). [`SseStream`] works on what an SSE client
+//! sees instead:
+//!
+//! - Lines end with CRLF, LF or CR; an event ends with a blank line; `data:` values (one leading
+//!   space removed) of one event are joined with `\n`.
+//! - **JSON events** (the data parses as a JSON object or array): every string at a path listed
+//!   in `sse.text_fields` of the policy is a piece of a *text stream* named by its concrete path
+//!   (`choices[0].delta.content`); the pieces of one stream, across events, go through one
+//!   [`StreamRedactor`] and one [`StreamWatermarker`], so a value split across events is
+//!   redacted and the watermark frame runs on. Every other string of the event is redacted on
+//!   its own, as a whole ([`crate::Firewall::scan_output`]); numbers, keys and structure are
+//!   kept.
+//! - **Plain-text events**: the data is a piece of one text stream (pieces are joined with
+//!   nothing between them, as token streams send them).
+//! - Data that is `[DONE]` (OpenAI's end marker), or that starts with `{` or `[` but is not
+//!   JSON, is redacted whole and never watermarked; events without data (comments, `retry:`)
+//!   pass unchanged.
+//!
+//! Events leave in their original order and number (comment-only blocks, such as keep-alives,
+//! are sent at once, ahead of events still held back). An event is held back until the redactor
+//! has released all of its text (the same hold-back as [`StreamRedactor`]: the unfinished line,
+//! a growing token, an open private-key block), then gets exactly the redacted text of its own
+//! pieces; a replacement whose value spans several events goes to the event where the value
+//! starts, and the later events carry an empty string. An event whose text did not change is
+//! written byte for byte as it came; a changed JSON event is written as one compact `data:`
+//! line (serde_json, key order kept), a changed plain-text event as one `data:` line per line of
+//! its new text. Text outside redacted values is never changed, apart from watermark carriers.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::redact::{Finding, StreamRedactor};
+use crate::watermark::StreamWatermarker;
+
+/// Text fields of the JSON event formats of common LLM APIs, the default of `sse.text_fields`:
+/// OpenAI Chat Completions and compatible servers (`choices[*].delta.content`, and
+/// `reasoning_content` as DeepSeek and vLLM send it), OpenAI legacy Completions
+/// (`choices[*].text`), the OpenAI Responses API (`response.output_text.delta` events carry a
+/// top-level `delta` string), Anthropic Messages (`content_block_delta` → `delta.text`), Google
+/// Gemini `streamGenerateContent?alt=sse` (`candidates[*].content.parts[*].text`) and Hugging
+/// Face TGI (`token.text`).
+pub const DEFAULT_TEXT_FIELDS: &[&str] = &[
+    "choices[*].delta.content",
+    "choices[*].delta.reasoning_content",
+    "choices[*].text",
+    "delta",
+    "delta.text",
+    "candidates[*].content.parts[*].text",
+    "token.text",
+];
+
+/// One step of a field path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Key(String),
+    Index(usize),
+    AnyIndex,
+}
+
+/// A parsed field path: `a.b`, `a[*].b`, `a[0].b` (keys cannot contain `.`, `[` or `]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FieldPath(Vec<Step>);
+
+impl FieldPath {
+    /// Parses `choices[*].delta.content`. Errors (`policy_invalid`, naming `what`) on an empty
+    /// path, an empty key or a bracket that is not `[*]` or `[N]`.
+    pub(crate) fn parse(s: &str, what: &str) -> Result<Self> {
+        let bad = || Error::policy(format!("{what}: invalid field path {s:?} (expected e.g. \"choices[*].delta.content\")"));
+        let mut steps = Vec::new();
+        let mut rest = s;
+        let mut first = true;
+        while !rest.is_empty() {
+            if let Some(r) = rest.strip_prefix('[') {
+                let close = r.find(']').ok_or_else(bad)?;
+                let inner = &r[..close];
+                steps.push(if inner == "*" {
+                    Step::AnyIndex
+                } else if !inner.is_empty() && inner.bytes().all(|b| b.is_ascii_digit()) {
+                    Step::Index(inner.parse().map_err(|_| bad())?)
+                } else {
+                    return Err(bad());
+                });
+                rest = &r[close + 1..];
+            } else {
+                let r = if first { rest } else { rest.strip_prefix('.').ok_or_else(bad)? };
+                let end = r.find(['.', '[', ']']).unwrap_or(r.len());
+                if end == 0 || r[end..].starts_with(']') {
+                    return Err(bad());
+                }
+                steps.push(Step::Key(r[..end].to_string()));
+                rest = &r[end..];
+            }
+            first = false;
+        }
+        if steps.is_empty() {
+            return Err(bad());
+        }
+        Ok(FieldPath(steps))
+    }
+
+    fn matches(&self, path: &[PathStep<'_>]) -> bool {
+        self.0.len() == path.len()
+            && self.0.iter().zip(path).all(|(s, p)| match (s, p) {
+                (Step::Key(k), PathStep::Key(q)) => k == q,
+                (Step::Index(i), PathStep::Index(j)) => i == j,
+                (Step::AnyIndex, PathStep::Index(_)) => true,
+                _ => false,
+            })
+    }
+}
+
+/// A step of a concrete path inside one JSON document.
+#[derive(Debug, Clone, Copy)]
+enum PathStep<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn path_label(path: &[PathStep<'_>]) -> String {
+    let mut s = String::new();
+    for p in path {
+        match p {
+            PathStep::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            PathStep::Index(i) => {
+                s.push('[');
+                s.push_str(&i.to_string());
+                s.push(']');
+            }
+        }
+    }
+    s
+}
+
+/// RFC 6901 JSON pointer of a concrete path.
+fn pointer(path: &[PathStep<'_>]) -> String {
+    let mut s = String::new();
+    for p in path {
+        s.push('/');
+        match p {
+            PathStep::Key(k) => s.push_str(&k.replace('~', "~0").replace('/', "~1")),
+            PathStep::Index(i) => s.push_str(&i.to_string()),
+        }
+    }
+    s
+}
+
+/// One text stream: the pieces of one field (or of plain-text data) across events.
+#[derive(Debug)]
+struct Channel {
+    redactor: Option<StreamRedactor>,
+    watermarker: Option<StreamWatermarker>,
+    /// Input bytes pushed so far.
+    pushed: usize,
+    /// Redacted output not yet handed to an event; `out_base` is the output offset of `out[0]`.
+    out: String,
+    out_base: usize,
+    /// Findings before this index lie wholly before `delta_in` and are summed into `delta`.
+    fcur: usize,
+    /// Output length minus input length of the findings before `fcur`.
+    delta: isize,
+}
+
+impl Channel {
+    /// Input bytes whose redacted text has been released.
+    fn committed(&self) -> usize {
+        match &self.redactor {
+            Some(r) => self.pushed - r.pending_bytes(),
+            None => self.pushed,
+        }
+    }
+
+    fn push(&mut self, piece: &str) -> (usize, usize) {
+        let start = self.pushed;
+        self.pushed += piece.len();
+        if let Some(r) = &mut self.redactor {
+            let out = r.push(piece);
+            self.out.push_str(&out);
+        } else {
+            self.out.push_str(piece);
+        }
+        (start, self.pushed)
+    }
+
+    fn finish(&mut self) {
+        if let Some(r) = &mut self.redactor {
+            let out = r.finish();
+            self.out.push_str(&out);
+        }
+    }
+
+    /// Output offset of input offset `x` (committed): text outside findings keeps its length;
+    /// an offset inside a finding maps to the end of its replacement, so the whole replacement
+    /// goes to the piece where the value starts.
+    fn map(&mut self, x: usize) -> usize {
+        let findings: &[Finding] = self.redactor.as_ref().map(|r| r.findings()).unwrap_or(&[]);
+        let committed = self.committed();
+        // A key block redacted before its END line grows while its body is dropped: its end is
+        // the committed offset then, so only findings ending before that are summed for good.
+        while let Some(f) = findings.get(self.fcur) {
+            if f.end <= x && f.end < committed {
+                self.delta += f.replacement.len() as isize - (f.end - f.start) as isize;
+                self.fcur += 1;
+            } else {
+                break;
+            }
+        }
+        let mut d = self.delta;
+        for f in &findings[self.fcur..] {
+            if f.end <= x {
+                d += f.replacement.len() as isize - (f.end - f.start) as isize;
+            } else if f.start < x {
+                return (f.start as isize + d) as usize + f.replacement.len();
+            } else {
+                break;
+            }
+        }
+        (x as isize + d).max(0) as usize
+    }
+
+    /// The released output of the input up to `end`, which must be committed; watermarked.
+    fn take(&mut self, end: usize) -> String {
+        let m = self.map(end);
+        let mut k = m.saturating_sub(self.out_base).min(self.out.len());
+        while !self.out.is_char_boundary(k) {
+            k -= 1;
+        }
+        debug_assert_eq!(self.out_base + k, m, "output map out of step");
+        let text: String = self.out.drain(..k).collect();
+        self.out_base += k;
+        match &mut self.watermarker {
+            Some(w) => w.push(&text),
+            None => text,
+        }
+    }
+}
+
+/// A piece of a text stream inside one event.
+#[derive(Debug)]
+struct Piece {
+    channel: usize,
+    end: usize,
+    /// JSON pointer of the string, or None for the plain-text data of the event.
+    pointer: Option<String>,
+    original: String,
+}
+
+#[derive(Debug)]
+enum Body {
+    /// No text stream: written as it came, or with `new_data`.
+    Raw,
+    Plain,
+    Json(Value),
+}
+
+/// An event waiting for the redaction of its pieces.
+#[derive(Debug)]
+struct Pending {
+    /// Lines with their terminators, as they came.
+    lines: Vec<(String, String)>,
+    body: Body,
+    pieces: Vec<Piece>,
+    /// JSON strings redacted on their own that changed: (pointer, new text).
+    fixed: Vec<(String, String)>,
+    /// New data of a `Raw` event whose data was redacted as a whole.
+    new_data: Option<String>,
+}
+
+/// Redacts and watermarks one `text/event-stream` response (see the module docs).
+///
+/// Made by [`crate::Firewall::sse_stream`]. Feed the decoded text chunk by chunk with
+/// [`SseStream::push`]; each call returns the events (whole, with their blank line) that may
+/// be sent now. [`SseStream::finish`] returns the rest, including an event or line the stream
+/// did not terminate (passed on as it came, after redaction).
+#[derive(Debug)]
+pub struct SseStream {
+    fw: crate::Firewall,
+    redact: bool,
+    payload: Option<u64>,
+    fields: Vec<FieldPath>,
+    /// Text not yet split into lines.
+    buf: String,
+    /// Complete lines of the event being read.
+    lines: Vec<(String, String)>,
+    queue: VecDeque<Pending>,
+    channels: Vec<Channel>,
+    by_name: HashMap<String, usize>,
+    /// Findings of strings redacted on their own (the channels keep theirs).
+    findings: Vec<Finding>,
+    canary_leaked: bool,
+    started: bool,
+    /// Comment-only blocks read by this call, sent ahead of held events.
+    early: String,
+}
+
+/// Name of the plain-text data channel (cannot collide with a JSON path label).
+const PLAIN: &str = "\u{0}data";
+
+impl SseStream {
+    pub(crate) fn new(fw: crate::Firewall, redact: bool, payload: Option<u64>) -> Self {
+        let fields = fw.policy().sse.text_fields.iter().filter_map(|s| FieldPath::parse(s, "sse.text_fields").ok()).collect();
+        SseStream {
+            fw,
+            redact,
+            payload,
+            fields,
+            buf: String::new(),
+            lines: Vec::new(),
+            queue: VecDeque::new(),
+            channels: Vec::new(),
+            by_name: HashMap::new(),
+            findings: Vec::new(),
+            canary_leaked: false,
+            started: false,
+            early: String::new(),
+        }
+    }
+
+    /// Adds a chunk of the stream; returns the text that can be sent now (possibly empty).
+    pub fn push(&mut self, chunk: &str) -> String {
+        self.buf.push_str(chunk);
+        let mut out = String::new();
+        if !self.started && !self.buf.is_empty() {
+            // A leading byte-order mark is not part of the first line (the client drops it).
+            self.started = true;
+            if let Some(r) = self.buf.strip_prefix('\u{feff}') {
+                out.push('\u{feff}');
+                self.buf = r.to_string();
+            }
+        }
+        self.split_lines(false);
+        out.push_str(&std::mem::take(&mut self.early));
+        self.release(&mut out, false);
+        out
+    }
+
+    /// Ends the stream; returns everything still held, redacted.
+    pub fn finish(&mut self) -> String {
+        let mut out = String::new();
+        self.started = true;
+        self.split_lines(true);
+        if !self.buf.is_empty() {
+            let line = std::mem::take(&mut self.buf);
+            self.lines.push((line, String::new()));
+        }
+        if !self.lines.is_empty() {
+            let lines = std::mem::take(&mut self.lines);
+            self.enqueue(lines);
+        }
+        for c in &mut self.channels {
+            c.finish();
+        }
+        out.push_str(&std::mem::take(&mut self.early));
+        self.release(&mut out, true);
+        out
+    }
+
+    /// Every finding so far: those of the text streams (offsets in the stream of their field)
+    /// and of strings redacted on their own (offsets in that string).
+    pub fn findings(&self) -> Vec<Finding> {
+        let mut v = self.findings.clone();
+        for c in &self.channels {
+            if let Some(r) = &c.redactor {
+                v.extend_from_slice(r.findings());
+            }
+        }
+        v
+    }
+
+    /// True once a canary token was seen.
+    pub fn canary_leaked(&self) -> bool {
+        self.canary_leaked || self.channels.iter().any(|c| c.redactor.as_ref().is_some_and(|r| r.canary_leaked()))
+    }
+
+    /// Bytes of input held back (unsplit text, the event being read and queued events).
+    pub fn pending_bytes(&self) -> usize {
+        let lines = |ls: &[(String, String)]| ls.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>();
+        self.buf.len() + lines(&self.lines) + self.queue.iter().map(|p| lines(&p.lines)).sum::<usize>()
+    }
+
+    fn split_lines(&mut self, at_end: bool) {
+        let mut pos = 0;
+        let text = std::mem::take(&mut self.buf);
+        let b = text.as_bytes();
+        while let Some(i) = memchr::memchr2(b'\r', b'\n', &b[pos..]) {
+            let at = pos + i;
+            let term = if b[at] == b'\n' {
+                1
+            } else if at + 1 < b.len() {
+                if b[at + 1] == b'\n' {
+                    2
+                } else {
+                    1
+                }
+            } else if at_end {
+                1
+            } else {
+                break; // a CR at the end of the text so far: an LF may follow
+            };
+            let line = text[pos..at].to_string();
+            let t = text[at..at + term].to_string();
+            pos = at + term;
+            let blank = line.is_empty();
+            self.lines.push((line, t));
+            if blank {
+                let lines = std::mem::take(&mut self.lines);
+                self.enqueue(lines);
+            }
+        }
+        self.buf = text[pos..].to_string();
+    }
+
+    fn channel(&mut self, name: &str) -> usize {
+        if let Some(&i) = self.by_name.get(name) {
+            return i;
+        }
+        let i = self.channels.len();
+        self.channels.push(Channel {
+            redactor: self.redact.then(|| self.fw.stream_redactor()),
+            watermarker: self.payload.map(|p| self.fw.stream_watermarker(p)),
+            pushed: 0,
+            out: String::new(),
+            out_base: 0,
+            fcur: 0,
+            delta: 0,
+        });
+        self.by_name.insert(name.to_string(), i);
+        i
+    }
+
+    /// Redacts a string on its own; returns the new text when it changed.
+    fn redact_whole(&mut self, s: &str) -> Option<String> {
+        if !self.redact {
+            return None;
+        }
+        let r = self.fw.scan_output(s);
+        self.canary_leaked |= r.canary_leaked;
+        if r.findings.is_empty() {
+            return None;
+        }
+        self.findings.extend(r.findings);
+        Some(r.text)
+    }
+
+    fn enqueue(&mut self, lines: Vec<(String, String)>) {
+        if lines.iter().all(|(l, _)| l.is_empty() || l.starts_with(':')) {
+            // Comments only (keep-alives): sent at once, ahead of events still held back.
+            for (l, t) in &lines {
+                self.early.push_str(l);
+                self.early.push_str(t);
+            }
+            return;
+        }
+        let mut data: Option<String> = None;
+        for (l, _) in &lines {
+            if field_of(l) == Some("data") {
+                let value = l.get(5..).unwrap_or("");
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match &mut data {
+                    Some(d) => {
+                        d.push('\n');
+                        d.push_str(value);
+                    }
+                    None => data = Some(value.to_string()),
+                }
+            }
+        }
+        let mut ev = Pending { lines, body: Body::Raw, pieces: Vec::new(), fixed: Vec::new(), new_data: None };
+        let Some(data) = data else {
+            self.queue.push_back(ev);
+            return;
+        };
+        if !self.redact && self.payload.is_none() {
+            self.queue.push_back(ev);
+            return;
+        }
+        let t = data.trim_start();
+        if t.starts_with('{') || t.starts_with('[') {
+            match serde_json::from_str::<Value>(&data) {
+                Ok(v) => {
+                    self.json_pieces(&mut ev, &v);
+                    ev.body = Body::Json(v);
+                }
+                Err(_) => ev.new_data = self.redact_whole(&data),
+            }
+        } else if data == "[DONE]" {
+        } else {
+            let c = self.channel(PLAIN);
+            let (_, end) = self.channels[c].push(&data);
+            ev.pieces.push(Piece { channel: c, end, pointer: None, original: data });
+            ev.body = Body::Plain;
+        }
+        self.queue.push_back(ev);
+    }
+
+    /// Pushes the text-field strings of a JSON event to their channels and redacts the other
+    /// strings in place (iteratively: deep documents cannot exhaust the stack).
+    fn json_pieces(&mut self, ev: &mut Pending, v: &Value) {
+        let mut stack: Vec<(&Value, Vec<PathStep<'_>>)> = vec![(v, Vec::new())];
+        let mut whole: Vec<(String, String)> = Vec::new();
+        while let Some((v, path)) = stack.pop() {
+            match v {
+                Value::String(s) => {
+                    if self.fields.iter().any(|f| f.matches(&path)) {
+                        let c = self.channel(&path_label(&path));
+                        let (_, end) = self.channels[c].push(s);
+                        ev.pieces.push(Piece { channel: c, end, pointer: Some(pointer(&path)), original: s.clone() });
+                    } else if let Some(new) = self.redact_whole(s) {
+                        whole.push((pointer(&path), new));
+                    }
+                }
+                Value::Array(a) => {
+                    for (i, x) in a.iter().enumerate().rev() {
+                        let mut p = path.clone();
+                        p.push(PathStep::Index(i));
+                        stack.push((x, p));
+                    }
+                }
+                Value::Object(o) => {
+                    let items: Vec<_> = o.iter().collect();
+                    for (k, x) in items.into_iter().rev() {
+                        let mut p = path.clone();
+                        p.push(PathStep::Key(k));
+                        stack.push((x, p));
+                    }
+                }
+                _ => {}
+            }
+        }
+        ev.fixed = whole;
+    }
+
+    fn ready(&self, ev: &Pending) -> bool {
+        ev.pieces.iter().all(|p| p.end <= self.channels[p.channel].committed())
+    }
+
+    fn release(&mut self, out: &mut String, all: bool) {
+        while let Some(ev) = self.queue.front() {
+            if !all && !self.ready(ev) {
+                break;
+            }
+            let Some(ev) = self.queue.pop_front() else { break };
+            self.write(ev, out);
+        }
+    }
+
+    /// Writes one event: as it came when nothing changed, else with its data rewritten.
+    fn write(&mut self, ev: Pending, out: &mut String) {
+        let Pending { lines, body, pieces, fixed, new_data } = ev;
+        let mut changed = !fixed.is_empty();
+        let mut texts: Vec<(Option<String>, String)> = Vec::with_capacity(pieces.len());
+        for p in pieces {
+            let t = self.channels[p.channel].take(p.end);
+            changed |= t != p.original;
+            texts.push((p.pointer, t));
+        }
+        let data = match body {
+            Body::Raw => new_data,
+            _ if !changed => None,
+            Body::Plain => texts.pop().map(|(_, t)| t),
+            Body::Json(mut v) => {
+                let sets = texts.into_iter().filter_map(|(p, t)| p.map(|p| (p, t))).chain(fixed);
+                for (ptr, t) in sets {
+                    if let Some(slot) = v.pointer_mut(&ptr) {
+                        *slot = Value::String(t);
+                    }
+                }
+                Some(v.to_string())
+            }
+        };
+        let Some(data) = data else {
+            for (l, t) in &lines {
+                out.push_str(l);
+                out.push_str(t);
+            }
+            return;
+        };
+        let mut written = false;
+        for (l, t) in &lines {
+            if field_of(l) != Some("data") {
+                out.push_str(l);
+                out.push_str(t);
+                continue;
+            }
+            if written {
+                continue;
+            }
+            written = true;
+            let mut parts = data.split(['\n', '\r']).peekable();
+            while let Some(part) = parts.next() {
+                out.push_str("data: ");
+                out.push_str(part);
+                out.push_str(if parts.peek().is_some() { "\n" } else { t });
+            }
+        }
+    }
+}
+
+/// The field name of an event-stream line (None for a comment).
+fn field_of(line: &str) -> Option<&str> {
+    match line.find(':') {
+        Some(0) => None,
+        Some(i) => Some(&line[..i]),
+        None => Some(line),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Firewall;
+    use proptest::prelude::*;
+
+    fn fw() -> Firewall {
+        Firewall::builder().key(b"0123456789abcdef0123456789abcdef").build().unwrap()
+    }
+
+    fn run(fw: &Firewall, chunks: &[&str], redact: bool, payload: Option<u64>) -> String {
+        let mut s = fw.sse_stream(redact, payload);
+        let mut out = String::new();
+        for c in chunks {
+            out.push_str(&s.push(c));
+        }
+        out.push_str(&s.finish());
+        out
+    }
+
+    fn openai(pieces: &[&str]) -> String {
+        let mut s = String::new();
+        for p in pieces {
+            let ev = serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": null}]});
+            s.push_str(&format!("data: {ev}\n\n"));
+        }
+        s.push_str("data: [DONE]\n\n");
+        s
+    }
+
+    /// The `data` of each event, as an SSE client dispatches it (WHATWG parsing).
+    fn events(stream: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut data: Option<String> = None;
+        let norm = stream.replace("\r\n", "\n").replace('\r', "\n");
+        for line in norm.split('\n') {
+            if line.is_empty() {
+                if let Some(d) = data.take() {
+                    out.push(d);
+                }
+                continue;
+            }
+            if field_of(line) == Some("data") {
+                let v = line.get(5..).unwrap_or("");
+                let v = v.strip_prefix(' ').unwrap_or(v);
+                match &mut data {
+                    Some(d) => {
+                        d.push('\n');
+                        d.push_str(v);
+                    }
+                    None => data = Some(v.to_string()),
+                }
+            }
+        }
+        out
+    }
+
+    fn contents(stream: &str) -> Vec<String> {
+        events(stream)
+            .iter()
+            .filter(|d| d.as_str() != "[DONE]")
+            .map(|d| {
+                let v: Value = serde_json::from_str(d).expect("every JSON event still parses");
+                v["choices"][0]["delta"]["content"].as_str().unwrap().to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_value_split_across_json_deltas_is_redacted_and_the_json_stays_valid() {
+        let fw = fw();
+        let input = openai(&["Contact:\n", "dana", "@exam", "ple.org", " today."]);
+        let out = run(&fw, &[&input], true, None);
+        let c = contents(&out);
+        assert_eq!(c.len(), 5, "events keep their number");
+        assert_eq!(c.concat(), "Contact:\n[EMAIL_1] today.");
+        assert_eq!(c[1], "[EMAIL_1]", "the tag goes where the value starts");
+        assert_eq!(c[2], "");
+        assert!(out.ends_with("data: [DONE]\n\n"));
+        assert!(!out.contains("\\[EMAIL"), "no escape is split");
+    }
+
+    #[test]
+    fn a_secret_after_a_json_newline_escape_is_redacted() {
+        let fw = fw();
+        let key = ["AKIA", "IOSFODNN7", "EXAMPLE"].concat();
+        let input = openai(&["Key:\n", &key, "\n"]);
+        let out = run(&fw, &[&input], true, None);
+        assert!(!out.contains(&key));
+        assert_eq!(contents(&out).concat(), "Key:\n[AWS_ACCESS_KEY_1]\n");
+    }
+
+    #[test]
+    fn plain_text_data_split_across_events_is_redacted() {
+        let fw = fw();
+        let out = run(&fw, &["data: dana\n\n", "data: @exam\n\n", "data: ple.org\n\n", "data:  bye\n\n"], true, None);
+        assert_eq!(events(&out), vec!["[EMAIL_1]", "", "", " bye"]);
+    }
+
+    #[test]
+    fn a_stream_with_nothing_to_redact_is_byte_exact() {
+        let fw = fw();
+        let input = "\u{feff}: keep-alive\r\nretry: 3000\r\nid: 7\r\nevent: message\r\ndata:{\"a\": \"caf\\u00e9\", \"n\": 1.50}\r\n\r\ndata: hello\rdata: world\r\r\nevent: x\ndata\n\ndata: [DONE]\n\ntrailing";
+        for step in [1, 2, 3, 7, input.len()] {
+            let chunks: Vec<&str> = chunk(input, step);
+            assert_eq!(run(&fw, &chunks, true, None), input, "step {step}");
+        }
+        assert_eq!(run(&fw, &[input], false, None), input);
+    }
+
+    fn chunk(s: &str, step: usize) -> Vec<&str> {
+        let mut v = Vec::new();
+        let mut i = 0;
+        while i < s.len() {
+            let mut j = (i + step).min(s.len());
+            while !s.is_char_boundary(j) {
+                j += 1;
+            }
+            v.push(&s[i..j]);
+            i = j;
+        }
+        v
+    }
+
+    #[test]
+    fn keep_alive_comments_are_not_held_behind_held_text() {
+        let fw = fw();
+        let mut s = fw.sse_stream(true, None);
+        assert_eq!(s.push("data: dana\n\n"), "", "held: the value may go on");
+        assert_eq!(s.push(": ping\n\n"), ": ping\n\n");
+        assert_eq!(s.push("data: @example.org\n\n"), "");
+        assert_eq!(s.finish(), "data: [EMAIL_1]\n\ndata: \n\n");
+    }
+
+    #[test]
+    fn other_strings_are_redacted_whole_and_structure_is_kept() {
+        let fw = fw();
+        let input = "event: tool\ndata: {\"type\":\"x\",\"note\":\"mail dana@example.org\",\"n\":[1,2]}\n\n";
+        let out = run(&fw, &[input], true, None);
+        assert_eq!(out, "event: tool\ndata: {\"type\":\"x\",\"note\":\"mail [EMAIL_1]\",\"n\":[1,2]}\n\n");
+    }
+
+    #[test]
+    fn data_that_is_not_json_is_redacted_whole_and_not_watermarked() {
+        let fw = fw();
+        let out = run(&fw, &["data: {not json dana@example.org\n\n"], true, Some(5));
+        assert_eq!(out, "data: {not json [EMAIL_1]\n\n");
+    }
+
+    #[test]
+    fn anthropic_text_deltas_are_one_stream() {
+        let fw = fw();
+        let mut input = String::from("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"content\":[]}}\n\n");
+        for p in ["Call +1 415", " 555 2671", " now"] {
+            input.push_str(&format!(
+                "event: content_block_delta\ndata: {}\n\n",
+                serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}})
+            ));
+        }
+        input.push_str("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+        let out = run(&fw, &[&input], true, None);
+        let texts: Vec<String> = events(&out)
+            .iter()
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok()?["delta"]["text"].as_str().map(String::from))
+            .collect();
+        assert_eq!(texts.concat(), "Call [PHONE_1] now");
+        assert_eq!(out.matches("event: content_block_delta\n").count(), 3);
+        assert!(out.starts_with("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"content\":[]}}\n\n"));
+    }
+
+    #[test]
+    fn a_private_key_streamed_in_small_deltas_is_redacted() {
+        let fw = fw();
+        let body = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7";
+        let key = format!("-----BEGIN PRIVATE KEY-----\n{body}\n{body}\n-----END PRIVATE KEY-----");
+        let text = format!("Here it is:\n{key}\nDone.");
+        let pieces: Vec<&str> = chunk(&text, 3);
+        let out = run(&fw, &[&openai(&pieces)], true, None);
+        let joined = contents(&out).concat();
+        assert_eq!(joined, "Here it is:\n[PRIVATE_KEY_1]\nDone.");
+        assert!(!out.contains(body));
+    }
+
+    #[test]
+    fn json_deltas_are_watermarked_and_the_mark_is_detected() {
+        let fw = fw();
+        let text = "The quick brown fox jumps over the lazy dog while the cat watches from a sunny window sill and the birds sing in the old oak tree near the river bank on a calm summer morning.";
+        let pieces: Vec<String> = text.split_inclusive(' ').map(String::from).collect();
+        let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        let out = run(&fw, &[&openai(&refs)], true, Some(0xC0FFEE));
+        let joined = contents(&out).concat();
+        assert_eq!(crate::watermark::strip(&joined), text, "only carriers were added");
+        assert_eq!(fw.detect_watermark(&joined).map(|d| d.payload), Some(0xC0FFEE));
+    }
+
+    #[test]
+    fn text_field_paths_are_validated() {
+        for bad in ["", "a..b", "a[x]", "a[", "[*", "a.]", ".a"] {
+            let doc = serde_json::json!({"sse": {"text_fields": [bad]}}).to_string();
+            let e = crate::Policy::from_json(&doc).unwrap_err();
+            assert_eq!(e.code(), crate::ErrorCode::PolicyInvalid, "{bad:?}");
+            assert!(e.to_string().contains("sse.text_fields[0]"), "{e}");
+        }
+        let ok = crate::Policy::from_json(r#"{"sse": {"text_fields": ["message.content", "[*].text", "a[0][*].b"]}}"#).unwrap();
+        assert_eq!(ok.sse.text_fields.len(), 3);
+    }
+
+    #[test]
+    fn custom_text_fields_are_streamed() {
+        let p = crate::Policy::from_json(r#"{"key_hex": "00112233445566778899aabbccddeeff", "sse": {"text_fields": ["message.content"]}}"#).unwrap();
+        let fw = Firewall::builder().policy(p).build().unwrap();
+        let out = run(&fw, &["data: {\"message\":{\"content\":\"dana@\"}}\n\n", "data: {\"message\":{\"content\":\"example.org\"}}\n\n"], true, None);
+        assert_eq!(out, "data: {\"message\":{\"content\":\"[EMAIL_1]\"}}\n\ndata: {\"message\":{\"content\":\"\"}}\n\n");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any chunking gives the same output; the streamed text equals redacting the whole text;
+        /// every event still parses; with a watermark, stripping it gives the redacted text back.
+        #[test]
+        fn chunking_does_not_matter_and_only_values_change(
+            parts in proptest::collection::vec(proptest::sample::select(vec![
+                "dana", "@", "example.org", " ", "\n", "\"", "\\", "4111 1111", " 1111 1111", "é", "😀",
+                "AKIA", "IOSFODNN7EXAMPLE", "password=", "hunter2hunter2X9", " the", " text", "-----BEGIN PRIVATE KEY-----\n",
+                "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcw\n", "-----END PRIVATE KEY-----", "",
+            ]), 0..40),
+            cuts in proptest::collection::vec(1usize..40, 1..8),
+            mark in any::<bool>(),
+        ) {
+            let fw = fw();
+            let input = openai(&parts);
+            let payload = mark.then_some(7u64);
+            let whole = run(&fw, &[&input], true, payload);
+            let mut chunks = Vec::new();
+            let mut i = 0;
+            let mut k = 0;
+            while i < input.len() {
+                let mut j = (i + cuts[k % cuts.len()]).min(input.len());
+                while !input.is_char_boundary(j) { j += 1; }
+                chunks.push(&input[i..j]);
+                i = j;
+                k += 1;
+            }
+            prop_assert_eq!(&run(&fw, &chunks, true, payload), &whole);
+            let c = contents(&whole);
+            prop_assert_eq!(c.len(), parts.len());
+            let joined = crate::watermark::strip(&c.concat());
+            prop_assert_eq!(joined, fw.scan_output(&parts.concat()).text);
+        }
+    }
+}
