@@ -166,3 +166,48 @@ fn policy_vectors() {
         }
     }
 }
+
+/// The joined `choices[0].delta.content` strings of an OpenAI-style event stream.
+fn openai_contents(stream: &str) -> String {
+    stream
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap()["choices"][0]["delta"]["content"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn sse_vectors() {
+    let v = load("sse.json");
+    let key = vallum::keys::parse_key_hex(v["key_hex"].as_str().unwrap()).unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    assert!(cases.len() >= 10);
+    for c in cases {
+        let name = c["name"].as_str().unwrap();
+        let policy = match c.get("policy") {
+            Some(p) => Policy::from_json(&p.to_string()).unwrap(),
+            None => Policy::default(),
+        };
+        let fw = Firewall::builder().policy(policy).key(&key).build().unwrap();
+        let payload = c.get("payload_decimal").and_then(Value::as_str).map(|s| s.parse::<u64>().unwrap());
+        let mut s = fw.sse_stream(c["redact"].as_bool().unwrap(), payload);
+        let chunks: Vec<&str> = c["chunks"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+        let mut outs: Vec<String> = chunks.iter().map(|ch| s.push(ch)).collect();
+        outs.push(s.finish());
+        let all = outs.concat();
+        if c.get("expect_chunks") == Some(&Value::Bool(true)) {
+            let want: Vec<&str> = c["expect"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+            assert_eq!(outs, want, "{name}");
+        } else if let Some(h) = c.get("expect_sha256").and_then(Value::as_str) {
+            assert_eq!(hex::encode(Sha256::digest(all.as_bytes())), h, "{name}");
+        } else {
+            assert_eq!(all, c["expect"].as_str().unwrap(), "{name}");
+        }
+        if c.get("watermark_detect") == Some(&Value::Bool(true)) {
+            let joined = openai_contents(&all);
+            assert_eq!(fw.detect_watermark(&joined).map(|d| d.payload), payload, "{name}");
+            assert_eq!(fw.strip_watermark(&joined), openai_contents(&chunks.concat()), "{name}");
+        }
+    }
+}
