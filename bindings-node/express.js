@@ -45,9 +45,13 @@
  *    firewall.streamWatermarker(payload) per response (html: no watermark): each chunk is pushed
  *    and what is safe is written; a secret split across writes is never let through. Both are
  *    flushed by res.end(). Content-Length, ETag and digests are dropped (set again when the whole
- *    body came in one res.end() before the headers went out). In event streams only plain-text
- *    `data:` values are watermarked (not JSON payloads, not event/id/retry/comment lines). JSON
- *    written with res.write()/res.end() is buffered and transformed whole at res.end().
+ *    body came in one res.end() before the headers went out). Event streams go through one
+ *    firewall.sseStream({payload}) instead: `data:` values and the JSON delta fields of the
+ *    policy's `sse.text_fields` (OpenAI, Anthropic, Gemini, TGI formats by default) are redacted
+ *    as one text across events, so a value split over many events is caught and the JSON stays
+ *    valid; events keep their order and number, and an event with nothing to change is written
+ *    byte for byte. JSON written with res.write()/res.end() is buffered and transformed whole at
+ *    res.end().
  *  Put compression middleware *before* this one (app.use(compression()) first) so that Vallum
  *  sees the plain text.
  *
@@ -398,88 +402,6 @@ function classify (status, ct, ce, wmAllowed) {
   if (mt === 'text/plain' || mt === 'text/markdown') return { json: false, sse: false, watermark: wmAllowed, mt, charset }
   if (mt === 'text/html') return { json: false, sse: false, watermark: false, mt, charset }
   return null
-}
-
-// --------------------------------------------------------------------------------------------
-// SSE-aware watermarking
-
-/**
- * Watermarks the values of plain-text `data:` lines of an event stream, nothing else. `event:`,
- * `id:`, `retry:` and comment lines stay byte-exact, and `data:` values that start with `{` or
- * `[` (JSON payloads) are left alone: a mark between JSON tokens would make them unparsable. All
- * marked values go through one stream watermarker, joined by "\n" as an SSE client joins them,
- * so the frame continues across events. Holds back only the head of a line until its first value
- * character arrives.
- */
-class SSEWatermark {
-  constructor (wm) {
-    this.wm = wm
-    this.head = ''
-    this.mode = null // null = deciding the current line, 'raw', 'mark'
-  }
-
-  decide (atEol) {
-    const h = this.head
-    if (h.startsWith('data:')) {
-      const value = h.slice(5).replace(/^[ \t]+/, '')
-      if (value) {
-        this.mode = value[0] === '{' || value[0] === '[' ? 'raw' : 'mark'
-        return true
-      }
-      if (atEol || h.length > 4096) {
-        this.mode = 'raw'
-        return true
-      }
-      return false
-    }
-    if (!atEol && h.length < 5 && 'data:'.startsWith(h)) return false
-    this.mode = 'raw'
-    return true
-  }
-
-  emitHead () {
-    const h = this.head
-    this.head = ''
-    if (this.mode !== 'mark') return h
-    const prefixLen = 5 + (h[5] === ' ' ? 1 : 0)
-    return h.slice(0, prefixLen) + this.wm.push(h.slice(prefixLen))
-  }
-
-  push (text) {
-    const out = []
-    let i = 0
-    const n = text.length
-    while (i < n) {
-      let j = i
-      while (j < n && text[j] !== '\r' && text[j] !== '\n') j++
-      if (this.mode === null) {
-        this.head += text.slice(i, j)
-        if (!this.decide(j < n)) break // no line end in this chunk yet: the head waits
-        out.push(this.emitHead())
-      } else {
-        const seg = text.slice(i, j)
-        out.push(this.mode === 'mark' && seg ? this.wm.push(seg) : seg)
-      }
-      if (j < n) {
-        if (this.mode === 'mark') this.wm.push('\n') // whitespace: keeps the frame's context
-        out.push(text[j])
-        this.mode = null
-        i = j + 1
-      } else {
-        i = n
-      }
-    }
-    return out.join('')
-  }
-
-  finish () {
-    let out = ''
-    if (this.mode === null && this.head) {
-      this.decide(true)
-      out = this.emitHead()
-    }
-    return out + this.wm.finish()
-  }
 }
 
 // --------------------------------------------------------------------------------------------
@@ -859,6 +781,7 @@ function wrapResponse (req, res, cfg, caller, payload) {
     kind: null,
     decoder: null,
     redactor: null,
+    sseRedacts: null,
     wm: null,
     buf: [],
     wrote: false,
@@ -1012,11 +935,13 @@ function wrapResponse (req, res, cfg, caller, payload) {
     }
     st.mode = 'stream'
     st.decoder = decoderFor(kind.sse ? null : kind.charset)
-    st.redactor = cfg.redact ? cfg.firewall.streamRedactor() : null
-    if (kind.watermark) {
-      const w = cfg.firewall.streamWatermarker(payload)
-      st.wm = kind.sse ? new SSEWatermark(w) : w
+    if (kind.sse) {
+      st.redactor = cfg.firewall.sseStream({ payload: kind.watermark ? payload : null, redact: cfg.redact })
+      st.sseRedacts = cfg.redact
+      return
     }
+    st.redactor = cfg.redact ? cfg.firewall.streamRedactor() : null
+    if (kind.watermark) st.wm = cfg.firewall.streamWatermarker(payload)
   }
 
   function fixStoredHeaders (kind) {
@@ -1114,7 +1039,7 @@ function wrapResponse (req, res, cfg, caller, payload) {
   }
 
   function streamFindings () {
-    if (!st.redactor) return
+    if (!st.redactor || st.sseRedacts === false) return
     const acc = { entities: {}, canary: false }
     const findings = st.redactor.findings
     if (countFindings(findings, acc.entities)) acc.canary = true

@@ -40,6 +40,8 @@ export declare class Firewall {
   newCanary(): string
   streamRedactor(): StreamRedactor
   streamWatermarker(payload: bigint | number): StreamWatermarker
+  /** An SSE stream: redacts when `redact`, watermarks with `payload` when given. */
+  sseStream(redact: boolean, payload?: bigint | number | undefined | null): SseStream
 }
 
 /** A policy (TOML or JSON; same meaning in Rust, Python and Node). */
@@ -54,6 +56,26 @@ export declare class Policy {
   static fromFile(path: string): Policy
   /** The policy as JSON. */
   toJson(): string
+}
+
+/**
+ * Redaction and watermarking of one `text/event-stream` response (see the core's `sse`
+ * module).
+ */
+export declare class SseStream {
+  /** Adds a chunk; returns the events that can be sent now. */
+  push(chunk: Text): string
+  /**
+   * Ends the stream; returns the rest. Throws `input_invalid` if a Buffer stream ended inside
+   * a UTF-8 character.
+   */
+  finish(): string
+  /** Findings so far as JSON text (vallum.js parses it). */
+  get findingsJson(): string
+  /** True once a canary token was seen. */
+  get canaryLeaked(): boolean
+  /** Bytes of input held back. */
+  get pendingBytes(): number
 }
 
 /** Streaming redaction of one response. */

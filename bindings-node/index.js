@@ -837,5 +837,6 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.Firewall = nativeBinding.Firewall
 module.exports.Policy = nativeBinding.Policy
+module.exports.SseStream = nativeBinding.SseStream
 module.exports.StreamRedactor = nativeBinding.StreamRedactor
 module.exports.StreamWatermarker = nativeBinding.StreamWatermarker

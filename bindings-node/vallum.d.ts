@@ -31,6 +31,24 @@ export declare class StreamWatermarker {
   finish(): string
 }
 
+/** Redaction and watermarking of one `text/event-stream` response: `data:` values and the JSON
+ * delta fields of `sse.text_fields` are redacted as one text stream across events; events keep
+ * their order and number. */
+export declare class SseStream {
+  push(chunk: Text): string
+  finish(): string
+  readonly findings: Finding[]
+  readonly canaryLeaked: boolean
+  readonly pendingBytes: number
+}
+
+export interface SseStreamOptions {
+  /** Watermark payload (u64); null or absent: no watermark. */
+  payload?: number | bigint | null
+  /** Redact (default true). */
+  redact?: boolean
+}
+
 export declare class Firewall {
   constructor(policy?: NativePolicy, key?: Buffer)
   readonly hasClassifier: boolean
@@ -53,6 +71,7 @@ export declare class Firewall {
   newCanary(): string
   streamRedactor(): StreamRedactor
   streamWatermarker(payload: number | bigint): StreamWatermarker
+  sseStream(opts?: SseStreamOptions): SseStream
 }
 
 export declare function bundledModelDir(): string | null

@@ -98,6 +98,15 @@ class StreamWatermarker {
   finish () { return this._inner.finish() }
 }
 
+class SseStream {
+  constructor (inner) { this._inner = inner }
+  push (chunk) { return guard(() => this._inner.push(chunk)) }
+  finish () { return guard(() => this._inner.finish()) }
+  get findings () { return JSON.parse(this._inner.findingsJson) }
+  get canaryLeaked () { return this._inner.canaryLeaked }
+  get pendingBytes () { return this._inner.pendingBytes }
+}
+
 class Firewall {
   /** @param {object} [policy] a Policy; @param {Buffer} [key] secret key (>= 16 bytes) */
   constructor (policy, key) {
@@ -125,6 +134,11 @@ class Firewall {
   newCanary () { return this._fw.newCanary() }
   streamRedactor () { return new StreamRedactor(this._fw.streamRedactor()) }
   streamWatermarker (payload) { return new StreamWatermarker(guard(() => this._fw.streamWatermarker(payload))) }
+  /** @param {{payload?: number|bigint|null, redact?: boolean}} [opts] */
+  sseStream (opts = {}) {
+    const { payload = null, redact = true } = opts
+    return new SseStream(guard(() => this._fw.sseStream(redact !== false, payload === null ? undefined : payload)))
+  }
 }
 
-module.exports = { VallumError, Policy, Firewall, StreamRedactor, StreamWatermarker, bundledModelDir, onnxruntimeLibrary, ERROR_CODES: [...CODES] }
+module.exports = { VallumError, Policy, Firewall, StreamRedactor, StreamWatermarker, SseStream, bundledModelDir, onnxruntimeLibrary, ERROR_CODES: [...CODES] }

@@ -86,13 +86,18 @@ before(async () => {
     res.setHeader('Content-Type', 'text/event-stream')
     res.setHeader('Cache-Control', 'no-cache')
     res.flushHeaders()
+    // OpenAI-style deltas: the token is split across events, and one event across writes
+    const delta = (content) => `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content } }] })}\n\n`
     res.write('event: token\n')
-    res.write('data: here is the deploy token: ' + TOKEN.slice(0, 10))
+    res.write(delta('here is the deploy token: ' + TOKEN.slice(0, 10)))
     await sleep(30)
-    res.write(TOKEN.slice(10, 25))
+    const second = delta(TOKEN.slice(10, 25))
+    res.write(second.slice(0, 20))
+    res.write(second.slice(20))
     await sleep(30)
-    res.write(TOKEN.slice(25) + ' keep it safe\n\n')
-    await sleep(300) // the first event must reach the client before this pause ends
+    // a delta whose text ends a line is released at once (only the unfinished line is held)
+    res.write(delta(TOKEN.slice(25) + ' keep it safe\n'))
+    await sleep(300) // the first events must reach the client before this pause ends
     res.end('data: [DONE]\n\n')
   })
   app.get('/v1/sse-head', (req, res) => {
@@ -259,7 +264,7 @@ describe('response redaction', () => {
     assert.equal(doc.length, 100_000 + 'write to [EMAIL_1] today'.length)
   })
 
-  test('SSE: a GitHub token split across res.write calls never reaches the client', async () => {
+  test('SSE: a GitHub token split across JSON delta events and res.write calls never reaches the client', async () => {
     const res = await fetch(`${main.base}/v1/sse`)
     assert.equal(res.status, 200)
     assert.match(res.headers.get('content-type'), /text\/event-stream/)
@@ -272,7 +277,7 @@ describe('response redaction', () => {
     for await (const c of res.body) {
       chunks.push(Buffer.from(c))
       received += decoder.decode(c, { stream: true })
-      if (firstEventAt === null && fw.stripWatermarkSync(received).includes('keep it safe\n\n')) firstEventAt = Date.now() - t0
+      if (firstEventAt === null && fw.stripWatermarkSync(received).includes('keep it safe\\n')) firstEventAt = Date.now() - t0
     }
     const all = Buffer.concat(chunks).toString('utf8')
     const plain = fw.stripWatermarkSync(all)
@@ -280,7 +285,12 @@ describe('response redaction', () => {
       assert.ok(!all.includes(piece), `leaked ${piece}`)
       assert.ok(!plain.includes(piece), `leaked ${piece}`)
     }
-    assert.match(plain, /^event: token\ndata: here is the deploy token: \[GITHUB_TOKEN_1\] keep it safe\n\ndata: \[DONE\]\n\n$/)
+    const events = plain.split('\n\n').filter(Boolean)
+    assert.equal(events.length, 4, 'events keep their number')
+    assert.ok(events[0].startsWith('event: token\ndata: '))
+    assert.equal(events[3], 'data: [DONE]')
+    const contents = events.slice(0, 3).map((e) => JSON.parse(e.slice(e.indexOf('data: ') + 6)).choices[0].delta.content)
+    assert.deepEqual(contents, ['here is the deploy token: [GITHUB_TOKEN_1]', '', ' keep it safe\n'])
     assert.ok(firstEventAt !== null && firstEventAt < Date.now() - t0 - 150, `first event at ${firstEventAt} ms: not streamed`)
   })
 

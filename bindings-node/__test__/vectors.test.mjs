@@ -78,3 +78,31 @@ for (const c of load('policies.json').cases) {
     })
   })
 }
+
+// The joined choices[0].delta.content strings of an OpenAI-style event stream.
+const openaiContents = (stream) => stream.split('\n\n')
+  .filter((e) => e.startsWith('data: ') && e.slice(6) !== '[DONE]')
+  .map((e) => JSON.parse(e.slice(6)).choices[0].delta.content).join('')
+
+const sse = load('sse.json')
+for (const c of sse.cases) {
+  for (const asBuffer of [false, true]) {
+    test(`sse (${asBuffer ? 'Buffer' : 'string'}): ${c.name}`, () => {
+      const policy = c.policy ? Policy.fromJson(JSON.stringify(c.policy)) : undefined
+      const fw = new Firewall(policy, Buffer.from(sse.key_hex, 'hex'))
+      const payload = c.payload_decimal === undefined ? null : BigInt(c.payload_decimal)
+      const s = fw.sseStream({ payload, redact: c.redact })
+      const outs = c.chunks.map((ch) => s.push(asBuffer ? Buffer.from(ch, 'utf8') : ch))
+      outs.push(s.finish())
+      const whole = outs.join('')
+      if (c.expect_chunks) assert.deepEqual(outs, c.expect)
+      else if (c.expect_sha256) assert.equal(createHash('sha256').update(whole, 'utf8').digest('hex'), c.expect_sha256)
+      else assert.equal(whole, c.expect)
+      if (c.watermark_detect) {
+        const joined = openaiContents(whole)
+        assert.equal(fw.detectWatermarkSync(joined).payload, payload)
+        assert.equal(fw.stripWatermarkSync(joined), openaiContents(c.chunks.join('')))
+      }
+    })
+  }
+}

@@ -210,6 +210,52 @@ impl StreamWatermarker {
     }
 }
 
+/// Redaction and watermarking of one `text/event-stream` response (see the core's `sse`
+/// module).
+#[napi]
+pub struct SseStream {
+    inner: Mutex<vallum::SseStream>,
+    carry: Mutex<vallum::Utf8Stream>,
+}
+
+#[napi]
+impl SseStream {
+    /// Adds a chunk; returns the events that can be sent now.
+    #[napi]
+    pub fn push(&self, chunk_: Text) -> Result<String> {
+        let c = chunk(chunk_, &self.carry)?;
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        catch_unwind(AssertUnwindSafe(|| g.push(&c))).map_err(|_| err("internal", "panic in push"))
+    }
+
+    /// Ends the stream; returns the rest. Throws `input_invalid` if a Buffer stream ended inside
+    /// a UTF-8 character.
+    #[napi]
+    pub fn finish(&self) -> Result<String> {
+        self.carry.lock().unwrap_or_else(|p| p.into_inner()).finish().map_err(map_err)?;
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        catch_unwind(AssertUnwindSafe(|| g.finish())).map_err(|_| err("internal", "panic in finish"))
+    }
+
+    /// Findings so far as JSON text (vallum.js parses it).
+    #[napi(getter)]
+    pub fn findings_json(&self) -> Result<String> {
+        json(&self.inner.lock().unwrap_or_else(|p| p.into_inner()).findings())
+    }
+
+    /// True once a canary token was seen.
+    #[napi(getter)]
+    pub fn canary_leaked(&self) -> bool {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).canary_leaked()
+    }
+
+    /// Bytes of input held back.
+    #[napi(getter)]
+    pub fn pending_bytes(&self) -> u32 {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).pending_bytes().min(u32::MAX as usize) as u32
+    }
+}
+
 /// An async task on the libuv pool; `signal` aborts it before it starts computing.
 fn task(fw: &vallum::Firewall, job: Job, signal: Option<AbortSignal>) -> AsyncTask<ScanTask> {
     AsyncTask::with_optional_signal(ScanTask { fw: fw.clone(), job: Some(job) }, signal)
@@ -338,5 +384,12 @@ impl Firewall {
     #[napi]
     pub fn stream_watermarker(&self, payload_: Either<BigInt, f64>) -> Result<StreamWatermarker> {
         Ok(StreamWatermarker { inner: Mutex::new(self.inner.stream_watermarker(payload(payload_)?)), carry: Mutex::default() })
+    }
+
+    /// An SSE stream: redacts when `redact`, watermarks with `payload` when given.
+    #[napi]
+    pub fn sse_stream(&self, redact: bool, payload_: Option<Either<BigInt, f64>>) -> Result<SseStream> {
+        let p = payload_.map(payload).transpose()?;
+        Ok(SseStream { inner: Mutex::new(self.inner.sse_stream(redact, p)), carry: Mutex::default() })
     }
 }

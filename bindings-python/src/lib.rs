@@ -373,6 +373,38 @@ impl StreamWatermarker {
     }
 }
 
+/// Redaction and watermarking of one `text/event-stream` response (see the core's `sse`
+/// module): `data:` values and JSON delta fields are redacted as one text stream across events.
+#[pyclass(module = "vallum")]
+struct SseStream(Mutex<vallum::SseStream>, Mutex<vallum::Utf8Stream>);
+
+#[pymethods]
+impl SseStream {
+    /// Adds a chunk (`str`, or `bytes` of UTF-8); returns the events that can be sent now.
+    fn push(&self, py: Python<'_>, chunk: &Bound<'_, PyAny>) -> PyResult<String> {
+        let c = chunk_arg(chunk, &self.1)?;
+        enter_core(py, || self.0.lock().unwrap_or_else(|p| p.into_inner()).push(&c))
+    }
+    /// Ends the stream; returns the rest. Raises InputError if a `bytes` stream ended inside a
+    /// UTF-8 character.
+    fn finish(&self, py: Python<'_>) -> PyResult<String> {
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).finish().map_err(map_err)?;
+        enter_core(py, || self.0.lock().unwrap_or_else(|p| p.into_inner()).finish())
+    }
+    #[getter]
+    fn findings(&self) -> Vec<Finding> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).findings().iter().map(Finding::from).collect()
+    }
+    #[getter]
+    fn canary_leaked(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).canary_leaked()
+    }
+    #[getter]
+    fn pending_bytes(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).pending_bytes()
+    }
+}
+
 /// The firewall: immutable, thread-safe; share one instance across threads.
 #[pyclass(frozen, subclass, module = "vallum")]
 struct Firewall(vallum::Firewall);
@@ -435,6 +467,11 @@ impl Firewall {
     fn stream_watermarker(&self, payload: &Bound<'_, PyAny>) -> PyResult<StreamWatermarker> {
         Ok(StreamWatermarker(Mutex::new(self.0.stream_watermarker(payload_arg(payload)?)), Mutex::default()))
     }
+    #[pyo3(signature = (payload=None, redact=true))]
+    fn sse_stream(&self, payload: Option<&Bound<'_, PyAny>>, redact: bool) -> PyResult<SseStream> {
+        let p = payload.map(payload_arg).transpose()?;
+        Ok(SseStream(Mutex::new(self.0.sse_stream(redact, p)), Mutex::default()))
+    }
     fn __repr__(&self) -> String {
         format!("Firewall(rules={}, classifier={})", self.0.rule_count(), self.0.has_classifier())
     }
@@ -460,5 +497,6 @@ fn _vallum(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Detection>()?;
     m.add_class::<StreamRedactor>()?;
     m.add_class::<StreamWatermarker>()?;
+    m.add_class::<SseStream>()?;
     Ok(())
 }

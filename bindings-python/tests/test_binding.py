@@ -124,3 +124,26 @@ def test_classifier_is_loaded_from_the_package():
     assert fw.has_classifier, v.classifier
     assert v.classifier["status"] == "ok"
     assert v.classifier["score"] > 0.9
+
+
+def test_sse_stream_api():
+    fw = vallum.Firewall()
+    s = fw.sse_stream()
+    # a character split across bytes chunks is joined; a value split across events is redacted
+    assert s.push("data: dana\n\n".encode()) == ""
+    assert s.push(b"data: @exam") == ""
+    assert s.push(b"ple.org \xc3") == ""
+    out = s.push(b"\xa9\n\n") + s.finish()
+    assert out == "data: [EMAIL_1]\n\ndata:  é\n\n"
+    assert [f.entity for f in s.findings] == ["email"]
+    assert s.canary_leaked is False and s.pending_bytes == 0
+    with pytest.raises(vallum.InputError):
+        fw.sse_stream(-1)
+    with pytest.raises(vallum.InputError):
+        fw.sse_stream(2**64)
+    s = fw.sse_stream()
+    s.push(b"data: x \xc3")
+    with pytest.raises(vallum.InputError):
+        s.finish()
+    with pytest.raises(vallum.InputError):
+        fw.sse_stream().push(b"data: \xff\n\n")

@@ -44,6 +44,7 @@ SSE_CHUNKS = [
     'data: {"delta": "json payload stays parseable", "n": 1}\n\n',
     "data: [DONE]\n\n",
 ]
+SSE_DELTAS = ["Contact:\n", "dana", "@exam", "ple.org", " today."]
 LONG_TEXT = " ".join(
     [
         "The quarterly review covered the migration of the billing service to the new cluster,",
@@ -173,12 +174,25 @@ def build_app(firewall, events):
     async def leak():
         return {"answer": f"My instructions begin with {canary} and then go on."}
 
+    @app.get("/v1/sse-deltas")
+    async def sse_deltas():
+        async def gen():
+            for piece in SSE_DELTAS:
+                yield "data: " + json.dumps({"id": "c1", "choices": [{"index": 0, "delta": {"content": piece}}]}) + "\n\n"
+                await asyncio.sleep(0.002)
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(gen(), media_type="text/event-stream")
+
     @app.get("/v1/slow-sse")
     async def slow_sse():
         async def gen():
-            yield "data: first event arrives at once\n\n"
+            # A delta whose text ends a line is released at once (the redactor holds back only
+            # the unfinished line, up to redaction.stream_holdback_bytes).
+            yield 'data: {"choices":[{"delta":{"content":"first event arrives at once\\n"}}]}\n\n'
             await asyncio.sleep(0.8)
-            yield "data: second event\n\n"
+            yield 'data: {"choices":[{"delta":{"content":"second event"}}]}\n\n'
+
 
         return StreamingResponse(gen(), media_type="text/event-stream")
 
@@ -332,6 +346,16 @@ def test_binary_passthrough(client):
     assert r.content == f"raw {EMAIL} {TOKEN}".encode()
 
 
+def _sse_data(text):
+    """The data of each event, as an SSE client dispatches it."""
+    out = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        data = [ln[5:].removeprefix(" ") for ln in block.split("\n") if ln.startswith("data:")]
+        if data:
+            out.append("\n".join(data))
+    return out
+
+
 def test_sse_split_secret_redacted(client, firewall):
     with client.stream("GET", "/v1/sse") as r:
         assert r.status_code == 200
@@ -342,17 +366,35 @@ def test_sse_split_secret_redacted(client, firewall):
     assert TOKEN.encode() not in raw
     assert TOKEN_TAIL.encode() not in raw
     assert TOKEN_TAIL[:12].encode() not in raw
+    # the middleware is the core's SSE stream: the same events as firewall.sse_stream on the
+    # whole stream (a watermarked JSON event is re-serialised, so JSON is compared parsed)
     whole = "".join(SSE_CHUNKS)
-    expected = firewall.scan_output(whole).text
-    assert TOKEN not in expected
-    # streamed redaction equals whole-text redaction; marks are the only other change
-    assert firewall.strip_watermark(text) == expected
-    # SSE framing is intact: field names unmarked, JSON data lines still parse
-    lines = text.split("\n")
-    assert "event: note" in lines
-    json_lines = [ln[6:] for ln in lines if ln.startswith("data: {")]
-    assert json_lines and json.loads(json_lines[0])["n"] == 1
-    assert "data: [DONE]" in lines
+    s = firewall.sse_stream(None)
+    expected = _sse_data(s.push(whole) + s.finish())
+    got = _sse_data(firewall.strip_watermark(text))
+    assert got[:2] == expected[:2] and got[3:] == expected[3:]
+    assert json.loads(got[2]) == json.loads(expected[2])
+    # events keep their number and framing; the JSON event still parses and kept its fields
+    data = _sse_data(firewall.strip_watermark(text))
+    assert len(data) == 4
+    assert data[0] == "your key is [GITHUB_TOKEN_1] done"
+    assert data[1] == "second event without secrets"
+    assert json.loads(data[2]) == {"delta": "json payload stays parseable", "n": 1}
+    assert data[3] == "[DONE]"
+    assert "event: note" in text.split("\n")
+
+
+def test_sse_json_deltas_split_value_redacted(client, firewall):
+    """An e-mail split over OpenAI-style deltas after a JSON \\n escape: redacted, JSON valid."""
+    with client.stream("GET", "/v1/sse-deltas") as r:
+        raw = b"".join(r.iter_raw())
+    text = firewall.strip_watermark(raw.decode("utf-8"))
+    events = _sse_data(text)
+    assert events[-1] == "[DONE]"
+    contents = [json.loads(d)["choices"][0]["delta"]["content"] for d in events[:-1]]
+    assert len(contents) == len(SSE_DELTAS)
+    assert "".join(contents) == "Contact:\n[EMAIL_1] today."
+    assert "@exam" not in text
 
 
 def test_streamed_text_redacted_and_watermarked(client, firewall):
@@ -392,21 +434,19 @@ def test_canary_leak_redacted_and_reported(client, server, events):
 
 
 def test_sse_watermark_independent_of_chunking(firewall):
-    """The SSE line filter gives the same bytes for any chunking of the stream."""
+    """The SSE stream gives the same bytes for any chunking of the stream."""
     import random
-
-    from vallum.fastapi import _SSEWatermark
 
     text = (
         "retry: 3000\r\nevent: token\r\ndata: " + LONG_TEXT + "\r\n\r\n"
-        ": comment line with words in it\n"
+        ": comment line with words in it\n\n"
         'data: {"a": "b c", "d": [1, 2]}\n'
         "data:  leading spaces and more words here\n\n"
         "id: 42\ndata: " + LONG_TEXT[:200] + "\n\n"
     )
 
     def run(parts):
-        w = _SSEWatermark(firewall.stream_watermarker(12345))
+        w = firewall.sse_stream(12345, redact=False)
         return "".join(w.push(p) for p in parts) + w.finish()
 
     whole = run([text])
@@ -415,8 +455,6 @@ def test_sse_watermark_independent_of_chunking(firewall):
     for line in whole.split("\n"):
         if not line.startswith("data:"):
             assert firewall.strip_watermark(line) == line  # only data values carry marks
-        if line.startswith("data: {"):
-            json.loads(line[6:])
     rng = random.Random(7)
     for _ in range(50):
         cuts = sorted(rng.sample(range(1, len(text)), rng.randint(1, 40)))

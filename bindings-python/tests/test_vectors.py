@@ -102,3 +102,37 @@ def test_policy_vector(case):
     assert ei.value.code == case["error_code"]
     if "error_path" in case:
         assert str(ei.value).split(": ", 1)[1].startswith(case["error_path"])
+
+
+SSE = load_vectors("sse.json")
+
+
+def _openai_contents(stream):
+    """The joined choices[0].delta.content strings of an OpenAI-style event stream."""
+    out = []
+    for e in stream.split("\n\n"):
+        if e.startswith("data: ") and e[6:] != "[DONE]":
+            out.append(json.loads(e[6:])["choices"][0]["delta"]["content"])
+    return "".join(out)
+
+
+@pytest.mark.parametrize("case", SSE["cases"], ids=[c["name"] for c in SSE["cases"]])
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["str", "bytes"])
+def test_sse_vector(case, as_bytes):
+    policy = vallum.Policy.from_json(json.dumps(case["policy"])) if "policy" in case else None
+    fw = vallum.Firewall(policy, key=bytes.fromhex(SSE["key_hex"]))
+    payload = int(case["payload_decimal"]) if "payload_decimal" in case else None
+    s = fw.sse_stream(payload, redact=case["redact"])
+    outs = [s.push(c.encode() if as_bytes else c) for c in case["chunks"]]
+    outs.append(s.finish())
+    whole = "".join(outs)
+    if case.get("expect_chunks"):
+        assert outs == case["expect"]
+    elif "expect_sha256" in case:
+        assert hashlib.sha256(whole.encode()).hexdigest() == case["expect_sha256"]
+    else:
+        assert whole == case["expect"]
+    if case.get("watermark_detect"):
+        joined = _openai_contents(whole)
+        assert fw.detect_watermark(joined).payload == payload
+        assert fw.strip_watermark(joined) == _openai_contents("".join(case["chunks"]))

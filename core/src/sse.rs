@@ -301,8 +301,6 @@ pub struct SseStream {
     findings: Vec<Finding>,
     canary_leaked: bool,
     started: bool,
-    /// Comment-only blocks read by this call, sent ahead of held events.
-    early: String,
 }
 
 /// Name of the plain-text data channel (cannot collide with a JSON path label).
@@ -324,7 +322,6 @@ impl SseStream {
             findings: Vec::new(),
             canary_leaked: false,
             started: false,
-            early: String::new(),
         }
     }
 
@@ -341,7 +338,6 @@ impl SseStream {
             }
         }
         self.split_lines(false);
-        out.push_str(&std::mem::take(&mut self.early));
         self.release(&mut out, false);
         out
     }
@@ -362,7 +358,6 @@ impl SseStream {
         for c in &mut self.channels {
             c.finish();
         }
-        out.push_str(&std::mem::take(&mut self.early));
         self.release(&mut out, true);
         out
     }
@@ -455,14 +450,6 @@ impl SseStream {
     }
 
     fn enqueue(&mut self, lines: Vec<(String, String)>) {
-        if lines.iter().all(|(l, _)| l.is_empty() || l.starts_with(':')) {
-            // Comments only (keep-alives): sent at once, ahead of events still held back.
-            for (l, t) in &lines {
-                self.early.push_str(l);
-                self.early.push_str(t);
-            }
-            return;
-        }
         let mut data: Option<String> = None;
         for (l, _) in &lines {
             if field_of(l) == Some("data") {
@@ -554,6 +541,14 @@ impl SseStream {
             let Some(ev) = self.queue.pop_front() else { break };
             self.write(ev, out);
         }
+        // Comment-only blocks (keep-alives) are not held behind events still held back.
+        if self.queue.iter().any(comment_only) {
+            let (comments, rest): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.queue).into_iter().partition(comment_only);
+            self.queue = rest;
+            for ev in comments {
+                self.write(ev, out);
+            }
+        }
     }
 
     /// Writes one event: as it came when nothing changed, else with its data rewritten.
@@ -606,6 +601,10 @@ impl SseStream {
             }
         }
     }
+}
+
+fn comment_only(ev: &Pending) -> bool {
+    ev.lines.iter().all(|(l, _)| l.is_empty() || l.starts_with(':'))
 }
 
 /// The field name of an event-stream line (None for a comment).
@@ -749,6 +748,9 @@ mod tests {
         assert_eq!(s.push(": ping\n\n"), ": ping\n\n");
         assert_eq!(s.push("data: @example.org\n\n"), "");
         assert_eq!(s.finish(), "data: [EMAIL_1]\n\ndata: \n\n");
+        // Nothing held: comments keep their place.
+        let input = "data: a b\n\n: ping\n\ndata: c\n\n";
+        assert_eq!(crate::watermark::strip(&run(&fw, &[input], false, Some(3))), input);
     }
 
     #[test]

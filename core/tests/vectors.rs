@@ -211,3 +211,17 @@ fn sse_vectors() {
         }
     }
 }
+
+/// The policy example in README.md is a valid policy (so the documented format cannot drift).
+#[test]
+fn readme_policy_example_parses() {
+    let readme = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let block = readme
+        .split("```toml")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("[thresholds]") && b.contains("[sse]"))
+        .expect("README has the full policy example");
+    let p = Policy::from_toml(block).unwrap_or_else(|e| panic!("README policy: {e}"));
+    assert_eq!(p.sse.text_fields, vallum::sse::DEFAULT_TEXT_FIELDS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+}

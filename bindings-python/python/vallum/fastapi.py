@@ -521,81 +521,6 @@ def _is_json_type(mt: str) -> bool:
     return mt == "application/json" or (mt.startswith("application/") and mt.endswith("+json"))
 
 
-class _SSEWatermark:
-    """Watermarks the values of plain-text ``data:`` lines of an event stream, nothing else.
-
-    ``event:``, ``id:``, ``retry:`` and comment lines stay byte-exact, and ``data:`` values that
-    start with ``{`` or ``[`` (JSON payloads) are left alone: a mark between JSON tokens would make
-    them unparsable. All marked values go through one stream watermarker, joined by ``\\n`` as an
-    SSE client joins them, so the frame continues across events. Holds back only the head of a
-    line until its first value character arrives.
-    """
-
-    _MAX_HEAD = 4096
-
-    def __init__(self, wm: Any) -> None:
-        self.wm = wm
-        self.head = ""
-        self.mode: Optional[str] = None  # None = deciding the current line, "raw", "mark"
-
-    def _decide(self, at_eol: bool) -> bool:
-        h = self.head
-        if h.startswith("data:"):
-            rest = h[5:]
-            value = rest.lstrip(" \t")
-            if value:
-                self.mode = "raw" if value[0] in "{[" else "mark"
-                return True
-            if at_eol or len(h) > self._MAX_HEAD:
-                self.mode = "raw"
-                return True
-            return False
-        if not at_eol and len(h) < 5 and "data:".startswith(h):
-            return False
-        self.mode = "raw"
-        return True
-
-    def _emit_head(self) -> str:
-        h, self.head = self.head, ""
-        if self.mode != "mark":
-            return h
-        rest = h[5:]
-        prefix_len = 5 + (1 if rest.startswith(" ") else 0)
-        return h[:prefix_len] + self.wm.push(h[prefix_len:])
-
-    def push(self, text: str) -> str:
-        out: List[str] = []
-        i, n = 0, len(text)
-        while i < n:
-            j = i
-            while j < n and text[j] not in "\r\n":
-                j += 1
-            if self.mode is None:
-                self.head += text[i:j]
-                if not self._decide(at_eol=j < n):
-                    break  # no line end in this chunk yet: the head waits for more
-                out.append(self._emit_head())
-            else:
-                seg = text[i:j]
-                out.append(self.wm.push(seg) if self.mode == "mark" else seg)
-            if j < n:  # line end: one of \r or \n (\r\n counts as two ends; bytes are kept)
-                if self.mode == "mark":
-                    self.wm.push("\n")  # whitespace: returned unchanged, keeps the frame's context
-                out.append(text[j])
-                self.mode = None
-                i = j + 1
-            else:
-                i = n
-        return "".join(out)
-
-    def finish(self) -> str:
-        out = ""
-        if self.mode is None and self.head:
-            self._decide(at_eol=True)
-            out = self._emit_head()
-        return out + self.wm.finish()
-
-
 class VallumMiddleware:
     """Pure ASGI middleware (streaming-safe): scans JSON prompts, redacts and watermarks replies.
 
@@ -618,8 +543,11 @@ class VallumMiddleware:
     * ``text/event-stream``, and ``text/plain`` / ``text/markdown`` sent without Content-Length
       (chunked): one ``stream_redactor()`` and one ``stream_watermarker(payload)`` per response;
       each chunk goes redactor -> watermarker -> client, both are flushed on the last chunk and
-      Content-Length is dropped. In event streams only plain-text ``data:`` values are
-      watermarked (see :class:`_SSEWatermark`).
+      Content-Length is dropped. Event streams go through ``firewall.sse_stream(payload)``
+      instead: ``data:`` values and the JSON delta fields of the policy's ``sse.text_fields``
+      (OpenAI, Anthropic, Gemini, TGI formats by default) are redacted as one text across
+      events, so a value split over many events is caught and the JSON stays valid; events keep
+      their order and number, and an event with nothing to change is sent byte for byte.
     * ``text/plain`` / ``text/markdown`` with Content-Length: redacted whole, and watermarked
       whole when at least ``watermark_min_words`` words long.
     * Anything else (HTML, binary, compressed ``Content-Encoding``, 206 partial content, HEAD,
@@ -859,6 +787,7 @@ class _ResponseTransformer:
         self.decoder: Any = None
         self.redactor: Any = None
         self.wm: Any = None
+        self.sse: Any = None
         self.charset = "utf-8"
         self.original_start: Optional[dict] = None
 
@@ -920,10 +849,13 @@ class _ResponseTransformer:
         self.start = dict(message, headers=new_headers)
         if mode in ("stream", "sse"):
             self.decoder = codecs.getincrementaldecoder(self._codec())(errors="replace")
+        if mode == "sse":
+            payload = self.payload if self.mw.watermark_responses else None
+            self.sse = self.mw.firewall.sse_stream(payload, redact=self.mw.redact_responses)
+        elif mode == "stream":
             self.redactor = self.mw.firewall.stream_redactor() if self.mw.redact_responses else None
             if self.mw.watermark_responses:
-                wm = self.mw.firewall.stream_watermarker(self.payload)
-                self.wm = _SSEWatermark(wm) if mode == "sse" else wm
+                self.wm = self.mw.firewall.stream_watermarker(self.payload)
 
     async def _on_body(self, message: dict) -> None:
         body = message.get("body", b"")
@@ -937,6 +869,17 @@ class _ResponseTransformer:
             return
         # streaming
         text = self.decoder.decode(body, final=not more)
+        if self.sse is not None:
+            out = self.sse.push(text) if text else ""
+            if not more:
+                out += self.sse.finish()
+            if out or not more:
+                await self._send({"type": "http.response.body", "body": out.encode("utf-8"), "more_body": more})
+            if not more and self.mw.redact_responses:
+                entities: dict = {}
+                _count(self.sse.findings, entities)
+                await self.mw._events.findings(self.scope, self.caller, entities, bool(self.sse.canary_leaked))
+            return
         out = text
         if self.redactor is not None:
             out = self.redactor.push(out) if out else ""
