@@ -1401,12 +1401,37 @@ fn pem_end_re() -> &'static Regex {
 /// ` BLOCK`, `-----`.
 const PEM_END_MAX: usize = 9 + 40 + 11 + 6 + 5;
 
-/// Start of the first `-----BEGIN ` in `b` that no complete END line closes (each BEGIN is
-/// closed by the first END line after it, as the detector's lazy match does).
+/// The header of a private-key block, as the detector begins.
+const PEM_BEGIN: &str = r"\A-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----";
+
+/// Longest header [`PEM_BEGIN`] matches (bytes).
+const PEM_BEGIN_MAX: usize = 11 + 40 + 11 + 6 + 5;
+
+/// True when `h` (text from a `-----BEGIN `) is, or may still grow into, a private-key header;
+/// false for a complete header of something else (a certificate, a public key).
+fn private_key_header(h: &str) -> bool {
+    static R: OnceLock<Regex> = OnceLock::new();
+    if R.get_or_init(|| re(PEM_BEGIN)).is_match(h) {
+        return true;
+    }
+    // Not complete yet: every byte after `-----BEGIN ` could still belong to the label and the
+    // closing dashes, and the header is not over its longest length.
+    let rest = &h[11..];
+    h.len() < PEM_BEGIN_MAX && rest.bytes().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b' ' || c == b'-')
+}
+
+/// Start of the first private-key `-----BEGIN ` header in `b` (or a `-----BEGIN ` whose header
+/// is not complete yet) that no complete END line closes (each BEGIN is closed by the first END
+/// line after it, as the detector's lazy match does). Headers of other PEM blocks (certificates,
+/// public keys) are not held.
 fn unterminated_pem(b: &str) -> Option<usize> {
     let mut pos = 0;
     loop {
         let pb = pos + b[pos..].find("-----BEGIN ")?;
+        if !private_key_header(&b[pb..]) {
+            pos = pb + 11;
+            continue;
+        }
         match pem_end_re().find(&b[pb..]) {
             Some(m) => pos = pb + m.end(),
             None => return Some(pb),

@@ -226,3 +226,28 @@ fn private_key_longer_than_the_hold_stays_redacted() {
     out.push_str(&s.finish());
     assert_eq!(out, "key:\n[PRIVATE_KEY_1]");
 }
+
+/// Review finding: any `-----BEGIN ` (a certificate, a public key, a header quoted in prose)
+/// held the stream for up to 64 KiB, since only private-key blocks have a matching END line.
+/// Only private-key headers, or a header not complete yet, are held now.
+#[test]
+fn other_pem_headers_do_not_hold_the_stream() {
+    for header in ["-----BEGIN CERTIFICATE-----", "-----BEGIN PUBLIC KEY-----", "`-----BEGIN PUBLIC KEY-----`"] {
+        let mut s = fw().stream_redactor();
+        let mut out = s.push(&format!("Header: {header}\n"));
+        for _ in 0..200 {
+            out.push_str(&s.push("word word\n"));
+        }
+        assert!(s.pending_bytes() < 64, "{header}: {} bytes held", s.pending_bytes());
+        out.push_str(&s.finish());
+        assert!(out.starts_with(&format!("Header: {header}\nword word\n")));
+    }
+    // A header still arriving may become a private-key header: held until it is complete.
+    let mut s = fw().stream_redactor();
+    let mut out = s.push("key:\n-----BEGIN RSA PRIV");
+    assert_eq!(out, "key:\n");
+    let rest = format!("ATE KEY-----\n{}\n-----END RSA PRIVATE KEY-----\nok", "MIIEpAIBAAKCAQEA1234567890abcdef");
+    out.push_str(&s.push(&rest));
+    out.push_str(&s.finish());
+    assert_eq!(out, "key:\n[PRIVATE_KEY_1]\nok");
+}
