@@ -208,16 +208,29 @@ impl Default for CanaryPolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SsePolicy {
-    /// Field paths (`choices[*].delta.content`: keys joined by `.`, `[*]` any array index,
-    /// `[N]` one index) of the strings in JSON events that are pieces of the streamed text:
-    /// they are redacted as one stream across events and watermarked. Other strings are
-    /// redacted one by one and never watermarked. Default [`crate::sse::DEFAULT_TEXT_FIELDS`].
+    /// Strings of JSON events that are pieces of the streamed text: redacted as one stream
+    /// across events, and watermarked. Each entry is a field path (`choices[*].delta.content`:
+    /// keys joined by `.`, `[*]` any array index, `[N]` one index; an array element with an
+    /// integer `index` field is addressed by it) optionally followed by ` if type=VALUE` (only
+    /// in events whose top-level `type` is VALUE). Default [`crate::sse::DEFAULT_TEXT_FIELDS`].
     pub text_fields: Vec<String>,
+    /// Like `text_fields`, but never watermarked (streamed JSON fragments such as tool-call
+    /// arguments). Default [`crate::sse::DEFAULT_REDACT_FIELDS`]. Other strings are redacted one
+    /// by one.
+    pub redact_fields: Vec<String>,
+    /// How plain-text `data:` values of consecutive events are joined: `tokens` (default; with
+    /// nothing between them) or `lines` (as separate lines: values never run across events).
+    pub plain_data: crate::sse::PlainData,
 }
 
 impl Default for SsePolicy {
     fn default() -> Self {
-        SsePolicy { text_fields: crate::sse::DEFAULT_TEXT_FIELDS.iter().map(|s| s.to_string()).collect() }
+        let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        SsePolicy {
+            text_fields: own(crate::sse::DEFAULT_TEXT_FIELDS),
+            redact_fields: own(crate::sse::DEFAULT_REDACT_FIELDS),
+            plain_data: crate::sse::PlainData::Tokens,
+        }
     }
 }
 
@@ -468,7 +481,10 @@ impl Policy {
             }
         }
         for (i, f) in self.sse.text_fields.iter().enumerate() {
-            crate::sse::FieldPath::parse(f, &format!("sse.text_fields[{i}]"))?;
+            crate::sse::FieldSpec::parse(f, &format!("sse.text_fields[{i}]"), true)?;
+        }
+        for (i, f) in self.sse.redact_fields.iter().enumerate() {
+            crate::sse::FieldSpec::parse(f, &format!("sse.redact_fields[{i}]"), false)?;
         }
         let cl = &self.classifier;
         if cl.sessions == 0 || cl.sessions > 64 {

@@ -1507,6 +1507,19 @@ impl StreamRedactor {
         self.emit(n)
     }
 
+    /// Releases everything held now, redacted as at the end of the stream, and goes on: use it
+    /// where the text is known to end for now (the SSE stream calls it at an event that carries
+    /// no streamed text). A value split across a flush is not recognised. Inside a key block
+    /// redacted before its END line, the held key body is dropped and dropping goes on.
+    pub fn flush(&mut self) -> String {
+        if self.in_key && !self.drop_key_body() {
+            self.drop_key_bytes(self.buf.len());
+            return String::new();
+        }
+        let n = self.buf.len();
+        self.emit(n)
+    }
+
     /// Findings so far (offsets in the whole stream).
     pub fn findings(&self) -> &[Finding] {
         &self.findings

@@ -9,53 +9,90 @@
 //!
 //! - Lines end with CRLF, LF or CR; an event ends with a blank line; `data:` values (one leading
 //!   space removed) of one event are joined with `\n`.
-//! - **JSON events** (the data parses as a JSON object or array): every string at a path listed
-//!   in `sse.text_fields` of the policy is a piece of a *text stream* named by its concrete path
-//!   (`choices[0].delta.content`); the pieces of one stream, across events, go through one
-//!   [`StreamRedactor`] and one [`StreamWatermarker`], so a value split across events is
-//!   redacted and the watermark frame runs on. Every other string of the event is redacted on
-//!   its own, as a whole ([`crate::Firewall::scan_output`]); numbers, keys and structure are
-//!   kept.
-//! - **Plain-text events**: the data is a piece of one text stream (pieces are joined with
-//!   nothing between them, as token streams send them).
-//! - Data that is `[DONE]` (OpenAI's end marker), or that starts with `{` or `[` but is not
-//!   JSON, is redacted whole and never watermarked; events without data (comments, `retry:`)
-//!   pass unchanged.
+//! - **JSON events** (the data parses as a JSON object or array without duplicate keys): every
+//!   string at a path of `sse.text_fields` is a piece of a *text stream* named by its concrete
+//!   path (`choices[0].delta.content`; an array element with an integer `index` field is named
+//!   by it, so parallel choices are separate streams); the pieces of one stream go through one
+//!   [`StreamRedactor`] and one [`StreamWatermarker`] across events, so a value split across
+//!   events is redacted and the watermark frame runs on. Strings at `sse.redact_fields`
+//!   (tool-call arguments) are streamed the same way but never watermarked. Every other string
+//!   is redacted on its own ([`crate::Firewall::scan_output`]); numbers, keys and structure
+//!   are kept.
+//! - **Plain-text events** (anything else but `[DONE]`): the data is a piece of one text stream,
+//!   joined to the previous event's data with nothing between them (`sse.plain_data = "tokens"`,
+//!   for token streams) or as a new line (`"lines"`, for one message per event). Each event's
+//!   text is then also redacted on its own, so that a value at the end of one message is not
+//!   missed when it runs into the next word.
+//! - `[DONE]` (OpenAI's end marker) and events without data pass unchanged.
 //!
-//! Events leave in their original order and number (comment-only blocks, such as keep-alives,
-//! are sent at once, ahead of events still held back). An event is held back until the redactor
-//! has released all of its text (the same hold-back as [`StreamRedactor`]: the unfinished line,
-//! a growing token, an open private-key block), then gets exactly the redacted text of its own
+//! **Release.** An event is held until the redactor has released all of its text (the same
+//! hold as [`StreamRedactor`]: the unfinished line up to `redaction.stream_holdback_bytes`, a
+//! growing token, an open private-key block), then gets exactly the redacted text of its own
 //! pieces; a replacement whose value spans several events goes to the event where the value
-//! starts, and the later events carry an empty string. An event whose text did not change is
-//! written byte for byte as it came; a changed JSON event is written as one compact `data:`
-//! line (serde_json, key order kept), a changed plain-text event as one `data:` line per line of
-//! its new text. Text outside redacted values is never changed, apart from watermark carriers.
+//! starts, and the later events carry an empty string. Events of one text stream keep their
+//! order; an event held for its stream does not hold events of other streams (open reasoning
+//! text while the answer streams, parallel choices). An event with data but no streamed text (a
+//! finish reason, `content_block_stop`, `[DONE]`) releases everything held
+//! ([`StreamRedactor::flush`]) and waits for every event before it, so it keeps its place.
+//! Comment-only blocks (keep-alives) go at once.
+//!
+//! **Output.** An event whose text did not change is written byte for byte as it came; a
+//! changed JSON event is written as one compact `data:` line (serde_json, key order kept;
+//! numbers beyond `f64`/`u64`/`i64` precision lose digits), a changed plain-text event as one
+//! `data:` line per line of its new text. Text outside redacted values is never changed, apart
+//! from watermark carriers.
 
 use std::collections::{HashMap, VecDeque};
 
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::redact::{Finding, StreamRedactor};
 use crate::watermark::StreamWatermarker;
 
-/// Text fields of the JSON event formats of common LLM APIs, the default of `sse.text_fields`:
+/// Default of `sse.text_fields`: the streamed text of the JSON event formats of common LLM APIs.
 /// OpenAI Chat Completions and compatible servers (`choices[*].delta.content`, and
 /// `reasoning_content` as DeepSeek and vLLM send it), OpenAI legacy Completions
-/// (`choices[*].text`), the OpenAI Responses API (`response.output_text.delta` events carry a
-/// top-level `delta` string), Anthropic Messages (`content_block_delta` → `delta.text`), Google
-/// Gemini `streamGenerateContent?alt=sse` (`candidates[*].content.parts[*].text`) and Hugging
-/// Face TGI (`token.text`).
+/// (`choices[*].text`), the OpenAI Responses API (a top-level `delta` string in events of type
+/// `response.output_text.delta`, `response.reasoning_summary_text.delta` and
+/// `response.refusal.delta`), Anthropic Messages (`content_block_delta` events: `delta.text`,
+/// `delta.thinking`), Google Gemini `streamGenerateContent?alt=sse`
+/// (`candidates[*].content.parts[*].text`) and Hugging Face TGI (`token.text`).
 pub const DEFAULT_TEXT_FIELDS: &[&str] = &[
     "choices[*].delta.content",
     "choices[*].delta.reasoning_content",
     "choices[*].text",
-    "delta",
+    "delta if type=response.output_text.delta",
+    "delta if type=response.reasoning_summary_text.delta",
+    "delta if type=response.refusal.delta",
     "delta.text",
+    "delta.thinking",
     "candidates[*].content.parts[*].text",
     "token.text",
 ];
+
+/// Default of `sse.redact_fields`: streamed JSON fragments (tool-call arguments), redacted
+/// across events like text fields but never watermarked (a mark would break the JSON they
+/// build): OpenAI Chat Completions `choices[*].delta.tool_calls[*].function.arguments`,
+/// Anthropic `delta.partial_json` (`input_json_delta`) and the Responses API's
+/// `response.function_call_arguments.delta`.
+pub const DEFAULT_REDACT_FIELDS: &[&str] = &[
+    "choices[*].delta.tool_calls[*].function.arguments",
+    "delta.partial_json",
+    "delta if type=response.function_call_arguments.delta",
+];
+
+/// How plain-text (not JSON) `data:` values of consecutive events are joined into one text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlainData {
+    /// With nothing between them: each event is a piece of the text (token streams,
+    /// `data: Hel`, `data: lo`). The default.
+    Tokens,
+    /// As separate lines: each event is a whole message; values never run across events.
+    Lines,
+}
 
 /// One step of a field path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,18 +147,42 @@ impl FieldPath {
         self.0.len() == path.len()
             && self.0.iter().zip(path).all(|(s, p)| match (s, p) {
                 (Step::Key(k), PathStep::Key(q)) => k == q,
-                (Step::Index(i), PathStep::Index(j)) => i == j,
-                (Step::AnyIndex, PathStep::Index(_)) => true,
+                (Step::Index(i), PathStep::Index { label, .. }) => i == label,
+                (Step::AnyIndex, PathStep::Index { .. }) => true,
                 _ => false,
             })
     }
 }
 
-/// A step of a concrete path inside one JSON document.
+/// One entry of `sse.text_fields` / `sse.redact_fields`: `PATH` or `PATH if type=VALUE` (the
+/// field counts only in events whose top-level `type` string is VALUE).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FieldSpec {
+    path: FieldPath,
+    type_is: Option<String>,
+    watermark: bool,
+}
+
+impl FieldSpec {
+    /// Parses one entry; errors (`policy_invalid`, naming `what`) as [`FieldPath::parse`], or on
+    /// an empty type value.
+    pub(crate) fn parse(s: &str, what: &str, watermark: bool) -> Result<Self> {
+        let (path, type_is) = match s.split_once(" if type=") {
+            Some((p, t)) if !t.is_empty() && !t.contains(char::is_whitespace) => (p, Some(t.to_string())),
+            Some(_) => return Err(Error::policy(format!("{what}: invalid type filter in {s:?} (expected \"PATH if type=VALUE\")"))),
+            None => (s, None),
+        };
+        Ok(FieldSpec { path: FieldPath::parse(path, what)?, type_is, watermark })
+    }
+}
+
+/// A step of a concrete path inside one JSON document. An array element that is an object
+/// with an integer `index` field (OpenAI's `choices`, `tool_calls`) is labelled by that index,
+/// not by its position, so that parallel choices sent one per event stay separate streams.
 #[derive(Debug, Clone, Copy)]
 enum PathStep<'a> {
     Key(&'a str),
-    Index(usize),
+    Index { pos: usize, label: usize },
 }
 
 fn path_label(path: &[PathStep<'_>]) -> String {
@@ -134,9 +195,9 @@ fn path_label(path: &[PathStep<'_>]) -> String {
                 }
                 s.push_str(k);
             }
-            PathStep::Index(i) => {
+            PathStep::Index { label, .. } => {
                 s.push('[');
-                s.push_str(&i.to_string());
+                s.push_str(&label.to_string());
                 s.push(']');
             }
         }
@@ -151,10 +212,69 @@ fn pointer(path: &[PathStep<'_>]) -> String {
         s.push('/');
         match p {
             PathStep::Key(k) => s.push_str(&k.replace('~', "~0").replace('/', "~1")),
-            PathStep::Index(i) => s.push_str(&i.to_string()),
+            PathStep::Index { pos, .. } => s.push_str(&pos.to_string()),
         }
     }
     s
+}
+
+/// A JSON value parsed with duplicate object keys refused: serde_json keeps the last of them,
+/// so a secret in an earlier one would be neither seen nor removed, while the original bytes,
+/// which some clients read first-key-wins, went out.
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value without duplicate keys")
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Value, A::Error> {
+        let mut v = Vec::new();
+        while let Some(StrictValue(x)) = seq.next_element()? {
+            v.push(x);
+        }
+        Ok(Value::Array(v))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Value, A::Error> {
+        let mut m = serde_json::Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let StrictValue(v) = map.next_value()?;
+            if m.insert(k, v).is_some() {
+                return Err(de::Error::custom("duplicate key"));
+            }
+        }
+        Ok(Value::Object(m))
+    }
 }
 
 /// One text stream: the pieces of one field (or of plain-text data) across events.
@@ -167,7 +287,7 @@ struct Channel {
     /// Redacted output not yet handed to an event; `out_base` is the output offset of `out[0]`.
     out: String,
     out_base: usize,
-    /// Findings before this index lie wholly before `delta_in` and are summed into `delta`.
+    /// Findings before this index are summed into `delta` for good.
     fcur: usize,
     /// Output length minus input length of the findings before `fcur`.
     delta: isize,
@@ -182,21 +302,22 @@ impl Channel {
         }
     }
 
-    fn push(&mut self, piece: &str) -> (usize, usize) {
-        let start = self.pushed;
+    fn push(&mut self, piece: &str) -> usize {
         self.pushed += piece.len();
-        if let Some(r) = &mut self.redactor {
-            let out = r.push(piece);
-            self.out.push_str(&out);
-        } else {
-            self.out.push_str(piece);
+        match &mut self.redactor {
+            Some(r) => {
+                let out = r.push(piece);
+                self.out.push_str(&out);
+            }
+            None => self.out.push_str(piece),
         }
-        (start, self.pushed)
+        self.pushed
     }
 
-    fn finish(&mut self) {
+    /// Releases everything held (at an event that ends the text so far, or the stream's end).
+    fn flush(&mut self) {
         if let Some(r) = &mut self.redactor {
-            let out = r.finish();
+            let out = r.flush();
             self.out.push_str(&out);
         }
     }
@@ -230,7 +351,7 @@ impl Channel {
         (x as isize + d).max(0) as usize
     }
 
-    /// The released output of the input up to `end`, which must be committed; watermarked.
+    /// The redacted output of the input up to `end`, which must be committed.
     fn take(&mut self, end: usize) -> String {
         let m = self.map(end);
         let mut k = m.saturating_sub(self.out_base).min(self.out.len());
@@ -240,6 +361,10 @@ impl Channel {
         debug_assert_eq!(self.out_base + k, m, "output map out of step");
         let text: String = self.out.drain(..k).collect();
         self.out_base += k;
+        text
+    }
+
+    fn watermark(&mut self, text: String) -> String {
         match &mut self.watermarker {
             Some(w) => w.push(&text),
             None => text,
@@ -251,7 +376,10 @@ impl Channel {
 #[derive(Debug)]
 struct Piece {
     channel: usize,
+    /// End of the piece in the channel's input; `skip` ends a separator after it that belongs
+    /// to no event (plain data joined as lines).
     end: usize,
+    skip: usize,
     /// JSON pointer of the string, or None for the plain-text data of the event.
     pointer: Option<String>,
     original: String,
@@ -278,6 +406,16 @@ struct Pending {
     new_data: Option<String>,
 }
 
+impl Pending {
+    fn comment_only(&self) -> bool {
+        self.lines.iter().all(|(l, _)| l.is_empty() || l.starts_with(':'))
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.lines.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>() + self.pieces.iter().map(|p| p.original.len()).sum::<usize>()
+    }
+}
+
 /// Redacts and watermarks one `text/event-stream` response (see the module docs).
 ///
 /// Made by [`crate::Firewall::sse_stream`]. Feed the decoded text chunk by chunk with
@@ -289,9 +427,11 @@ pub struct SseStream {
     fw: crate::Firewall,
     redact: bool,
     payload: Option<u64>,
-    fields: Vec<FieldPath>,
-    /// Text not yet split into lines.
+    fields: Vec<FieldSpec>,
+    plain: PlainData,
+    /// Text not yet split into lines; `scanned` bytes of it hold no line end.
     buf: String,
+    scanned: usize,
     /// Complete lines of the event being read.
     lines: Vec<(String, String)>,
     queue: VecDeque<Pending>,
@@ -301,6 +441,8 @@ pub struct SseStream {
     findings: Vec<Finding>,
     canary_leaked: bool,
     started: bool,
+    /// Comment-only blocks in `queue`.
+    comments: usize,
 }
 
 /// Name of the plain-text data channel (cannot collide with a JSON path label).
@@ -308,13 +450,23 @@ const PLAIN: &str = "\u{0}data";
 
 impl SseStream {
     pub(crate) fn new(fw: crate::Firewall, redact: bool, payload: Option<u64>) -> Self {
-        let fields = fw.policy().sse.text_fields.iter().filter_map(|s| FieldPath::parse(s, "sse.text_fields").ok()).collect();
+        let sse = &fw.policy().sse;
+        let fields = sse
+            .text_fields
+            .iter()
+            .map(|s| FieldSpec::parse(s, "sse.text_fields", true))
+            .chain(sse.redact_fields.iter().map(|s| FieldSpec::parse(s, "sse.redact_fields", false)))
+            .filter_map(|f| f.ok())
+            .collect();
+        let plain = sse.plain_data;
         SseStream {
             fw,
             redact,
             payload,
             fields,
+            plain,
             buf: String::new(),
+            scanned: 0,
             lines: Vec::new(),
             queue: VecDeque::new(),
             channels: Vec::new(),
@@ -322,21 +474,23 @@ impl SseStream {
             findings: Vec::new(),
             canary_leaked: false,
             started: false,
+            comments: 0,
         }
     }
 
     /// Adds a chunk of the stream; returns the text that can be sent now (possibly empty).
     pub fn push(&mut self, chunk: &str) -> String {
-        self.buf.push_str(chunk);
         let mut out = String::new();
-        if !self.started && !self.buf.is_empty() {
+        let mut chunk = chunk;
+        if !self.started && !chunk.is_empty() {
             // A leading byte-order mark is not part of the first line (the client drops it).
             self.started = true;
-            if let Some(r) = self.buf.strip_prefix('\u{feff}') {
+            if let Some(r) = chunk.strip_prefix('\u{feff}') {
                 out.push('\u{feff}');
-                self.buf = r.to_string();
+                chunk = r;
             }
         }
+        self.buf.push_str(chunk);
         self.split_lines(false);
         self.release(&mut out, false);
         out
@@ -356,7 +510,7 @@ impl SseStream {
             self.enqueue(lines);
         }
         for c in &mut self.channels {
-            c.finish();
+            c.flush();
         }
         self.release(&mut out, true);
         out
@@ -379,18 +533,22 @@ impl SseStream {
         self.canary_leaked || self.channels.iter().any(|c| c.redactor.as_ref().is_some_and(|r| r.canary_leaked()))
     }
 
-    /// Bytes of input held back (unsplit text, the event being read and queued events).
+    /// Bytes held back: text not split into lines, the event being read, queued events and
+    /// their text, and redacted text not yet handed to an event.
     pub fn pending_bytes(&self) -> usize {
-        let lines = |ls: &[(String, String)]| ls.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>();
-        self.buf.len() + lines(&self.lines) + self.queue.iter().map(|p| lines(&p.lines)).sum::<usize>()
+        self.buf.len()
+            + self.lines.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>()
+            + self.queue.iter().map(Pending::held_bytes).sum::<usize>()
+            + self.channels.iter().map(|c| c.out.len()).sum::<usize>()
     }
 
     fn split_lines(&mut self, at_end: bool) {
         let mut pos = 0;
+        let mut from = self.scanned.min(self.buf.len());
         let text = std::mem::take(&mut self.buf);
         let b = text.as_bytes();
-        while let Some(i) = memchr::memchr2(b'\r', b'\n', &b[pos..]) {
-            let at = pos + i;
+        while let Some(i) = memchr::memchr2(b'\r', b'\n', &b[from..]) {
+            let at = from + i;
             let term = if b[at] == b'\n' {
                 1
             } else if at + 1 < b.len() {
@@ -407,6 +565,7 @@ impl SseStream {
             let line = text[pos..at].to_string();
             let t = text[at..at + term].to_string();
             pos = at + term;
+            from = pos;
             let blank = line.is_empty();
             self.lines.push((line, t));
             if blank {
@@ -414,17 +573,20 @@ impl SseStream {
                 self.enqueue(lines);
             }
         }
-        self.buf = text[pos..].to_string();
+        // Long lines arrive in many chunks: keep the text (no copy) unless lines were taken,
+        // and start the next search where this one stopped.
+        self.buf = if pos == 0 { text } else { text[pos..].to_string() };
+        self.scanned = self.buf.len() - usize::from(self.buf.ends_with('\r'));
     }
 
-    fn channel(&mut self, name: &str) -> usize {
+    fn channel(&mut self, name: &str, watermark: bool) -> usize {
         if let Some(&i) = self.by_name.get(name) {
             return i;
         }
         let i = self.channels.len();
         self.channels.push(Channel {
             redactor: self.redact.then(|| self.fw.stream_redactor()),
-            watermarker: self.payload.map(|p| self.fw.stream_watermarker(p)),
+            watermarker: self.payload.filter(|_| watermark).map(|p| self.fw.stream_watermarker(p)),
             pushed: 0,
             out: String::new(),
             out_base: 0,
@@ -465,53 +627,66 @@ impl SseStream {
             }
         }
         let mut ev = Pending { lines, body: Body::Raw, pieces: Vec::new(), fixed: Vec::new(), new_data: None };
-        let Some(data) = data else {
-            self.queue.push_back(ev);
-            return;
-        };
-        if !self.redact && self.payload.is_none() {
-            self.queue.push_back(ev);
-            return;
-        }
-        let t = data.trim_start();
-        if t.starts_with('{') || t.starts_with('[') {
-            match serde_json::from_str::<Value>(&data) {
-                Ok(v) => {
-                    self.json_pieces(&mut ev, &v);
-                    ev.body = Body::Json(v);
-                }
-                Err(_) => ev.new_data = self.redact_whole(&data),
+        if let Some(data) = data.filter(|_| self.redact || self.payload.is_some()) {
+            let t = data.trim_start();
+            let json = if t.starts_with('{') || t.starts_with('[') {
+                serde_json::from_str::<StrictValue>(&data).ok().map(|StrictValue(v)| v)
+            } else {
+                None
+            };
+            if let Some(v) = json {
+                self.json_pieces(&mut ev, &v);
+                ev.body = Body::Json(v);
+            } else if data != "[DONE]" {
+                let c = self.channel(PLAIN, true);
+                let end = self.channels[c].push(&data);
+                let skip = match self.plain {
+                    PlainData::Tokens => end,
+                    PlainData::Lines => self.channels[c].push("\n"),
+                };
+                ev.pieces.push(Piece { channel: c, end, skip, pointer: None, original: data });
+                ev.body = Body::Plain;
             }
-        } else if data == "[DONE]" {
-        } else {
-            let c = self.channel(PLAIN);
-            let (_, end) = self.channels[c].push(&data);
-            ev.pieces.push(Piece { channel: c, end, pointer: None, original: data });
-            ev.body = Body::Plain;
+        }
+        if ev.pieces.is_empty() && !ev.comment_only() {
+            // An event without streamed text (a finish reason, `content_block_stop`, `[DONE]`)
+            // ends the text so far: what is held is released, and the event keeps its place.
+            for c in &mut self.channels {
+                c.flush();
+            }
+        }
+        if ev.comment_only() {
+            self.comments += 1;
         }
         self.queue.push_back(ev);
     }
 
-    /// Pushes the text-field strings of a JSON event to their channels and redacts the other
-    /// strings in place (iteratively: deep documents cannot exhaust the stack).
+    /// Pushes the streamed-field strings of a JSON event to their channels and redacts the
+    /// other strings on their own (iteratively: deep documents cannot exhaust the stack).
     fn json_pieces(&mut self, ev: &mut Pending, v: &Value) {
+        let event_type = v.get("type").and_then(Value::as_str);
         let mut stack: Vec<(&Value, Vec<PathStep<'_>>)> = vec![(v, Vec::new())];
-        let mut whole: Vec<(String, String)> = Vec::new();
         while let Some((v, path)) = stack.pop() {
             match v {
                 Value::String(s) => {
-                    if self.fields.iter().any(|f| f.matches(&path)) {
-                        let c = self.channel(&path_label(&path));
-                        let (_, end) = self.channels[c].push(s);
-                        ev.pieces.push(Piece { channel: c, end, pointer: Some(pointer(&path)), original: s.clone() });
+                    let spec = self
+                        .fields
+                        .iter()
+                        .find(|f| f.type_is.as_deref().is_none_or(|t| Some(t) == event_type) && f.path.matches(&path))
+                        .map(|f| f.watermark);
+                    if let Some(watermark) = spec {
+                        let c = self.channel(&path_label(&path), watermark);
+                        let end = self.channels[c].push(s);
+                        ev.pieces.push(Piece { channel: c, end, skip: end, pointer: Some(pointer(&path)), original: s.clone() });
                     } else if let Some(new) = self.redact_whole(s) {
-                        whole.push((pointer(&path), new));
+                        ev.fixed.push((pointer(&path), new));
                     }
                 }
                 Value::Array(a) => {
-                    for (i, x) in a.iter().enumerate().rev() {
+                    for (pos, x) in a.iter().enumerate().rev() {
+                        let label = x.get("index").and_then(Value::as_u64).map_or(pos, |i| i as usize);
                         let mut p = path.clone();
-                        p.push(PathStep::Index(i));
+                        p.push(PathStep::Index { pos, label });
                         stack.push((x, p));
                     }
                 }
@@ -526,28 +701,49 @@ impl SseStream {
                 _ => {}
             }
         }
-        ev.fixed = whole;
     }
 
     fn ready(&self, ev: &Pending) -> bool {
-        ev.pieces.iter().all(|p| p.end <= self.channels[p.channel].committed())
+        ev.pieces.iter().all(|p| p.skip <= self.channels[p.channel].committed())
     }
 
+    /// Writes the events that can go now. Events of one text stream keep their order; an event
+    /// whose stream is still held does not hold back events of other streams (reasoning text
+    /// still open while the answer streams, or parallel choices); an event without streamed
+    /// text waits for every event before it, and comment-only blocks go at once.
     fn release(&mut self, out: &mut String, all: bool) {
-        while let Some(ev) = self.queue.front() {
-            if !all && !self.ready(ev) {
+        let mut blocked: Vec<usize> = Vec::new();
+        let mut i = 0;
+        while i < self.queue.len() {
+            let ev = &self.queue[i];
+            let go = if all || ev.comment_only() {
+                true
+            } else if ev.pieces.is_empty() {
+                if i > 0 {
+                    break;
+                }
+                true
+            } else {
+                !ev.pieces.iter().any(|p| blocked.contains(&p.channel)) && self.ready(ev)
+            };
+            if go {
+                if let Some(ev) = self.queue.remove(i) {
+                    if ev.comment_only() {
+                        self.comments -= 1;
+                    }
+                    self.write(ev, out);
+                }
+                continue;
+            }
+            for p in &ev.pieces {
+                if !blocked.contains(&p.channel) {
+                    blocked.push(p.channel);
+                }
+            }
+            if blocked.len() >= self.channels.len() && self.comments == 0 {
                 break;
             }
-            let Some(ev) = self.queue.pop_front() else { break };
-            self.write(ev, out);
-        }
-        // Comment-only blocks (keep-alives) are not held behind events still held back.
-        if self.queue.iter().any(comment_only) {
-            let (comments, rest): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.queue).into_iter().partition(comment_only);
-            self.queue = rest;
-            for ev in comments {
-                self.write(ev, out);
-            }
+            i += 1;
         }
     }
 
@@ -557,7 +753,22 @@ impl SseStream {
         let mut changed = !fixed.is_empty();
         let mut texts: Vec<(Option<String>, String)> = Vec::with_capacity(pieces.len());
         for p in pieces {
-            let t = self.channels[p.channel].take(p.end);
+            let c = &mut self.channels[p.channel];
+            let mut t = c.take(p.end);
+            if p.skip > p.end {
+                c.take(p.skip); // the separator between plain values belongs to no event
+            }
+            if p.pointer.is_none() && self.redact {
+                // Plain data is also redacted on its own: joined as tokens, a value at the end
+                // of one message could run into the next word and be missed.
+                let r = self.fw.scan_output(&t);
+                if !r.findings.is_empty() {
+                    self.canary_leaked |= r.canary_leaked;
+                    self.findings.extend(r.findings);
+                    t = r.text;
+                }
+            }
+            let t = self.channels[p.channel].watermark(t);
             changed |= t != p.original;
             texts.push((p.pointer, t));
         }
@@ -601,10 +812,6 @@ impl SseStream {
             }
         }
     }
-}
-
-fn comment_only(ev: &Pending) -> bool {
-    ev.lines.iter().all(|(l, _)| l.is_empty() || l.starts_with(':'))
 }
 
 /// The field name of an event-stream line (None for a comment).
@@ -762,10 +969,14 @@ mod tests {
     }
 
     #[test]
-    fn data_that_is_not_json_is_redacted_whole_and_not_watermarked() {
+    fn data_that_is_not_json_is_plain_text() {
+        // A token that starts with `[` or `{` but is not JSON stays in the text stream.
         let fw = fw();
-        let out = run(&fw, &["data: {not json dana@example.org\n\n"], true, Some(5));
-        assert_eq!(out, "data: {not json [EMAIL_1]\n\n");
+        let out = run(&fw, &["data: [dana\n\n", "data: @example.org] hi\n\n"], true, None);
+        assert_eq!(events(&out), vec!["[[EMAIL_1]", "] hi"]);
+        // A JSON event with a duplicate key is not JSON to us: redacted as text.
+        let out = run(&fw, &["data: {\"note\":\"dana@example.org\",\"note\":\"x\"}\n\n"], true, None);
+        assert_eq!(out, "data: {\"note\":\"[EMAIL_1]\",\"note\":\"x\"}\n\n");
     }
 
     #[test]
@@ -832,6 +1043,98 @@ mod tests {
         let fw = Firewall::builder().policy(p).build().unwrap();
         let out = run(&fw, &["data: {\"message\":{\"content\":\"dana@\"}}\n\n", "data: {\"message\":{\"content\":\"example.org\"}}\n\n"], true, None);
         assert_eq!(out, "data: {\"message\":{\"content\":\"[EMAIL_1]\"}}\n\ndata: {\"message\":{\"content\":\"\"}}\n\n");
+    }
+
+    fn delta(field: &str, piece: &str, index: u64) -> String {
+        format!("data: {}\n\n", serde_json::json!({"choices": [{"index": index, "delta": {field: piece}}]}))
+    }
+
+    #[test]
+    fn message_per_event_plain_data_is_also_redacted_per_event() {
+        // Review finding: joined as tokens, "…org" ran into "Thanks" and the phone into "Bye".
+        let fw = fw();
+        let input = "data: my email is dana@example.org\n\ndata: Thanks, call +1 415 555 2671\n\ndata: Bye\n\n";
+        let out = events(&run(&fw, &[input], true, None));
+        assert!(!out.concat().contains("2671"), "{out:?}");
+        assert_eq!(out[2], "Bye");
+        // As lines, values never run across events and no text is lost.
+        let p = crate::Policy::from_json(r#"{"sse": {"plain_data": "lines"}}"#).unwrap();
+        let fwl = Firewall::builder().policy(p).key(b"0123456789abcdef0123456789abcdef").build().unwrap();
+        let out = events(&run(&fwl, &[input], true, None));
+        assert_eq!(out, vec!["my email is [EMAIL_1]", "Thanks, call [PHONE_1]", "Bye"]);
+    }
+
+    #[test]
+    fn a_held_stream_does_not_hold_other_streams() {
+        // Review finding: the last reasoning piece waited for more reasoning text, and every
+        // content event after it waited with it, until the end of the stream.
+        let fw = fw();
+        let mut s = fw.sse_stream(true, None);
+        let mut out = s.push(&delta("reasoning_content", "Think ", 0));
+        out.push_str(&s.push(&delta("reasoning_content", "hard.", 0)));
+        for i in 0..40 {
+            out.push_str(&s.push(&delta("content", &format!(" w{i}\n"), 0)));
+        }
+        assert!(out.contains(" w38\\n"), "content streams while reasoning is held: {out}");
+        assert!(!out.contains("hard."));
+        // An event without streamed text (the finish reason) releases what is held, in order.
+        let fin = "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+        let tail = s.push(fin);
+        assert!(tail.contains("hard.") && tail.ends_with(fin), "{tail}");
+        assert_eq!(s.finish(), "");
+    }
+
+    #[test]
+    fn parallel_choices_are_separate_streams() {
+        // OpenAI sends each choice at array position 0 with its own `index`.
+        let fw = fw();
+        let input = [delta("content", "Write to dana", 0), delta("content", "Hello ", 1), delta("content", "@example.org\n", 0)].concat();
+        let out = run(&fw, &[&input], true, None);
+        assert!(!out.contains("@example.org"), "{out}");
+        assert!(out.contains("[EMAIL_1]") && out.contains("Hello "));
+    }
+
+    #[test]
+    fn tool_call_arguments_are_redacted_across_events_and_not_watermarked() {
+        let fw = fw();
+        let args = ["{\"to\": \"dana", "@example.org\", \"note\": \"see you at the meeting ", "tomorrow morning\"}"];
+        let resp: String = args
+            .iter()
+            .map(|a| format!("event: response.function_call_arguments.delta\ndata: {}\n\n", serde_json::json!({"type": "response.function_call_arguments.delta", "delta": a})))
+            .collect();
+        let chat: String = args
+            .iter()
+            .map(|a| format!("data: {}\n\n", serde_json::json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": a}}]}}]})))
+            .collect();
+        let anthropic: String = args
+            .iter()
+            .map(|a| format!("data: {}\n\n", serde_json::json!({"type": "content_block_delta", "delta": {"type": "input_json_delta", "partial_json": a}})))
+            .collect();
+        for (name, input, get) in [
+            ("responses", resp, "/delta"),
+            ("chat", chat, "/choices/0/delta/tool_calls/0/function/arguments"),
+            ("anthropic", anthropic, "/delta/partial_json"),
+        ] {
+            let out = run(&fw, &[&input], true, Some(9));
+            let joined: String = events(&out).iter().map(|d| serde_json::from_str::<Value>(d).unwrap().pointer(get).unwrap().as_str().unwrap().to_string()).collect();
+            let parsed: Value = serde_json::from_str(&joined).unwrap_or_else(|e| panic!("{name}: {e}: {joined}"));
+            assert_eq!(parsed["to"], "[EMAIL_1]", "{name}");
+            assert_eq!(crate::watermark::strip(&joined), joined, "{name}: no marks");
+        }
+        // Text deltas of the Responses API are watermarked; Anthropic thinking is streamed.
+        let text = format!("data: {}\n\ndata: {}\n\n", serde_json::json!({"type": "response.output_text.delta", "delta": "mail dana"}), serde_json::json!({"type": "response.output_text.delta", "delta": "@example.org now"}));
+        assert!(!run(&fw, &[&text], true, None).contains("@example"));
+        let thinking = format!("data: {}\n\ndata: {}\n\n", serde_json::json!({"type": "content_block_delta", "delta": {"type": "thinking_delta", "thinking": "mail dana"}}), serde_json::json!({"type": "content_block_delta", "delta": {"type": "thinking_delta", "thinking": "@example.org now"}}));
+        assert!(!run(&fw, &[&thinking], true, None).contains("@example"));
+    }
+
+    #[test]
+    fn type_filters_are_validated() {
+        for bad in ["delta if type=", "delta if type=a b"] {
+            let doc = serde_json::json!({"sse": {"redact_fields": [bad]}}).to_string();
+            let e = crate::Policy::from_json(&doc).unwrap_err();
+            assert!(e.to_string().contains("sse.redact_fields[0]"), "{e}");
+        }
     }
 
     proptest! {

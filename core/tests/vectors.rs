@@ -223,5 +223,5 @@ fn readme_policy_example_parses() {
         .find(|b| b.contains("[thresholds]") && b.contains("[sse]"))
         .expect("README has the full policy example");
     let p = Policy::from_toml(block).unwrap_or_else(|e| panic!("README policy: {e}"));
-    assert_eq!(p.sse.text_fields, vallum::sse::DEFAULT_TEXT_FIELDS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert_eq!(p.sse, vallum::policy::SsePolicy::default(), "the README shows the defaults");
 }
