@@ -23,6 +23,9 @@ create_exception!(_vallum, VallumIOError, VallumError, "A file could not be read
 /// A watermark payload: an `int` within 0..=2^64-1. An `int` out of that range raises
 /// `InputError` (code `input_invalid`, as in Node); a non-integer raises `TypeError`.
 fn payload_arg(payload: &Bound<'_, PyAny>) -> PyResult<u64> {
+    if payload.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(pyo3::exceptions::PyTypeError::new_err("payload: expected an int, got bool"));
+    }
     if !payload.is_instance_of::<pyo3::types::PyInt>() {
         return payload.extract::<u64>();
     }

@@ -104,6 +104,9 @@ def test_watermark_payload_out_of_range_is_input_error(fw):
             fw.stream_watermarker(bad)
     with pytest.raises(TypeError):
         fw.watermark("some text here", "7")
+    for bad in (True, 1.5, "7"):
+        with pytest.raises(TypeError):
+            fw.sse_stream(bad)
 
 
 def test_canary_and_pseudonyms(fw):
