@@ -291,6 +291,9 @@ struct Channel {
     fcur: usize,
     /// Output length minus input length of the findings before `fcur`.
     delta: isize,
+    /// The block or item the stream belongs to ([`scope_of`]) and its field path label.
+    scope: String,
+    label: String,
 }
 
 impl Channel {
@@ -579,8 +582,9 @@ impl SseStream {
         self.scanned = self.buf.len() - usize::from(self.buf.ends_with('\r'));
     }
 
-    fn channel(&mut self, name: &str, watermark: bool) -> usize {
-        if let Some(&i) = self.by_name.get(name) {
+    fn channel(&mut self, scope: &str, label: &str, watermark: bool) -> usize {
+        let name = format!("{scope}\u{0}{label}");
+        if let Some(&i) = self.by_name.get(&name) {
             return i;
         }
         let i = self.channels.len();
@@ -592,8 +596,10 @@ impl SseStream {
             out_base: 0,
             fcur: 0,
             delta: 0,
+            scope: scope.to_string(),
+            label: label.to_string(),
         });
-        self.by_name.insert(name.to_string(), i);
+        self.by_name.insert(name, i);
         i
     }
 
@@ -636,9 +642,12 @@ impl SseStream {
             };
             if let Some(v) = json {
                 self.json_pieces(&mut ev, &v);
+                self.flush_ended(&v);
                 ev.body = Body::Json(v);
-            } else if data != "[DONE]" {
-                let c = self.channel(PLAIN, true);
+            } else if data == "[DONE]" {
+                self.flush_where(|_| true);
+            } else {
+                let c = self.channel("", PLAIN, true);
                 let end = self.channels[c].push(&data);
                 let skip = match self.plain {
                     PlainData::Tokens => end,
@@ -648,12 +657,10 @@ impl SseStream {
                 ev.body = Body::Plain;
             }
         }
-        if ev.pieces.is_empty() && !ev.comment_only() {
-            // An event without streamed text (a finish reason, `content_block_stop`, `[DONE]`)
-            // ends the text so far: what is held is released, and the event keeps its place.
-            for c in &mut self.channels {
-                c.flush();
-            }
+        if self.queue.len() >= MAX_QUEUED_EVENTS {
+            // Bounds the queue (and the work of each release) when one stream stays held while
+            // others flow: the held text is released as at the end of its stream.
+            self.flush_where(|_| true);
         }
         if ev.comment_only() {
             self.comments += 1;
@@ -661,10 +668,45 @@ impl SseStream {
         self.queue.push_back(ev);
     }
 
+    /// Releases the held text of the streams a JSON event says have ended: every stream at
+    /// `message_stop` / `response.completed` (and at `[DONE]`, see `enqueue`), the streams of
+    /// the event's block or item at a `type` ending in `_stop` or `.done` (Anthropic
+    /// `content_block_stop`, Responses `response.output_text.done`), and the streams of a choice
+    /// with a `finish_reason`. Nothing else flushes: a value of one stream may go on after any
+    /// other event.
+    fn flush_ended(&mut self, v: &Value) {
+        let scope = scope_of(v);
+        if let Some(t) = v.get("type").and_then(Value::as_str) {
+            if t == "message_stop" || t == "response.completed" {
+                self.flush_where(|_| true);
+            } else if t.ends_with("_stop") || t.ends_with(".done") {
+                self.flush_where(|c| c.scope == scope);
+            }
+        }
+        if let Some(choices) = v.get("choices").and_then(Value::as_array) {
+            for (pos, ch) in choices.iter().enumerate() {
+                if ch.get("finish_reason").is_some_and(|f| !f.is_null()) {
+                    let i = ch.get("index").and_then(Value::as_u64).map_or(pos, |i| i as usize);
+                    let prefix = format!("choices[{i}]");
+                    self.flush_where(|c| c.scope == scope && c.label.starts_with(&prefix));
+                }
+            }
+        }
+    }
+
+    fn flush_where(&mut self, f: impl Fn(&Channel) -> bool) {
+        for c in &mut self.channels {
+            if f(c) {
+                c.flush();
+            }
+        }
+    }
+
     /// Pushes the streamed-field strings of a JSON event to their channels and redacts the
     /// other strings on their own (iteratively: deep documents cannot exhaust the stack).
     fn json_pieces(&mut self, ev: &mut Pending, v: &Value) {
         let event_type = v.get("type").and_then(Value::as_str);
+        let scope = scope_of(v);
         let mut stack: Vec<(&Value, Vec<PathStep<'_>>)> = vec![(v, Vec::new())];
         while let Some((v, path)) = stack.pop() {
             match v {
@@ -675,7 +717,7 @@ impl SseStream {
                         .find(|f| f.type_is.as_deref().is_none_or(|t| Some(t) == event_type) && f.path.matches(&path))
                         .map(|f| f.watermark);
                     if let Some(watermark) = spec {
-                        let c = self.channel(&path_label(&path), watermark);
+                        let c = self.channel(&scope, &path_label(&path), watermark);
                         let end = self.channels[c].push(s);
                         ev.pieces.push(Piece { channel: c, end, skip: end, pointer: Some(pointer(&path)), original: s.clone() });
                     } else if let Some(new) = self.redact_whole(s) {
@@ -812,6 +854,25 @@ impl SseStream {
             }
         }
     }
+}
+
+/// Most events queued while a stream is held ([`SseStream`] then releases the held text).
+const MAX_QUEUED_EVENTS: usize = 4096;
+
+/// The block or item a JSON event belongs to: its top-level `index` (Anthropic content blocks),
+/// `item_id`, `output_index` and `content_index` (OpenAI Responses). Streams of different
+/// blocks or items are kept apart.
+fn scope_of(v: &Value) -> String {
+    let mut s = String::new();
+    for k in ["index", "item_id", "output_index", "content_index"] {
+        if let Some(x) = v.get(k).filter(|x| x.is_number() || x.is_string()) {
+            s.push_str(k);
+            s.push('=');
+            s.push_str(&x.to_string());
+            s.push(';');
+        }
+    }
+    s
 }
 
 /// The field name of an event-stream line (None for a comment).
@@ -1126,6 +1187,32 @@ mod tests {
         assert!(!run(&fw, &[&text], true, None).contains("@example"));
         let thinking = format!("data: {}\n\ndata: {}\n\n", serde_json::json!({"type": "content_block_delta", "delta": {"type": "thinking_delta", "thinking": "mail dana"}}), serde_json::json!({"type": "content_block_delta", "delta": {"type": "thinking_delta", "thinking": "@example.org now"}}));
         assert!(!run(&fw, &[&thinking], true, None).contains("@example"));
+    }
+
+    #[test]
+    fn events_that_do_not_end_a_stream_do_not_cut_its_values() {
+        // Second review finding: every event without streamed text flushed every stream, so a
+        // ping, a retry line or another choice's finish between two halves let a value out.
+        let fw = fw();
+        let key = ["AKIA", "IOSFODNN7EXAMPLE"];
+        let fin0 = "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n".to_string();
+        let ping = "event: ping\ndata: {\"type\":\"ping\"}\n\n".to_string();
+        for between in [fin0, ping, "retry: 1000\n\n".to_string(), "data: {\"choices\":[],\"usage\":null}\n\n".to_string()] {
+            let input = [delta("content", &format!("key {}", key[0]), 1), between.clone(), delta("content", &format!("{} ok\n", key[1]), 1)].concat();
+            let out = run(&fw, &[&input], true, None);
+            assert!(!out.contains(key[1]) && out.contains("[AWS_ACCESS_KEY_1]"), "{between:?}: {out}");
+        }
+        // Responses API: each item / content part is its own stream.
+        let ev = |t: &str, item: &str, d: &str| format!("data: {}\n\n", serde_json::json!({"type": t, "item_id": item, "output_index": 0, "content_index": 0, "delta": d}));
+        let input = [
+            ev("response.output_text.delta", "msg_1", "mail da"),
+            ev("response.function_call_arguments.delta", "fc_1", "{\"x\":1}"),
+            ev("response.output_text.delta", "msg_1", "na@example.org ok\n"),
+        ]
+        .concat();
+        let out = run(&fw, &[&input], true, None);
+        assert!(!out.contains("\"mail da\""), "{out}");
+        assert!(out.contains("[EMAIL_1]") && out.contains("{\\\"x\\\":1}"), "{out}");
     }
 
     #[test]
