@@ -31,10 +31,14 @@
 //! pieces; a replacement whose value spans several events goes to the event where the value
 //! starts, and the later events carry an empty string. Events of one text stream keep their
 //! order; an event held for its stream does not hold events of other streams (open reasoning
-//! text while the answer streams, parallel choices). An event with data but no streamed text (a
-//! finish reason, `content_block_stop`, `[DONE]`) releases everything held
-//! ([`StreamRedactor::flush`]) and waits for every event before it, so it keeps its place.
-//! Comment-only blocks (keep-alives) go at once.
+//! text while the answer streams, parallel choices, separate blocks or items: streams are named
+//! by their path and by the event's top-level `index` / `item_id` / `output_index` /
+//! `content_index`). An event that ends a stream (a choice's `finish_reason`, a `type` ending
+//! in `_stop` or `.done` for its block or item, `message_stop`, `response.completed`, `[DONE]`)
+//! releases that stream's held text ([`StreamRedactor::flush`]); no other event does, so a
+//! ping between two halves of a value cannot cut it. An event with data but no streamed text
+//! waits for every event before it, so it keeps its place. Comment-only blocks (keep-alives) go
+//! at once. More than 4,096 queued events release every held stream.
 //!
 //! **Output.** An event whose text did not change is written byte for byte as it came; a
 //! changed JSON event is written as one compact `data:` line (serde_json, key order kept;
