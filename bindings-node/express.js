@@ -781,7 +781,6 @@ function wrapResponse (req, res, cfg, caller, payload) {
     kind: null,
     decoder: null,
     redactor: null,
-    sseRedacts: null,
     wm: null,
     buf: [],
     wrote: false,
@@ -936,8 +935,8 @@ function wrapResponse (req, res, cfg, caller, payload) {
     st.mode = 'stream'
     st.decoder = decoderFor(kind.sse ? null : kind.charset)
     if (kind.sse) {
+      // Redacts and watermarks: pushStream treats it as the redactor.
       st.redactor = cfg.firewall.sseStream({ payload: kind.watermark ? payload : null, redact: cfg.redact })
-      st.sseRedacts = cfg.redact
       return
     }
     st.redactor = cfg.redact ? cfg.firewall.streamRedactor() : null
@@ -1039,7 +1038,7 @@ function wrapResponse (req, res, cfg, caller, payload) {
   }
 
   function streamFindings () {
-    if (!st.redactor || st.sseRedacts === false) return
+    if (!st.redactor) return
     const acc = { entities: {}, canary: false }
     const findings = st.redactor.findings
     if (countFindings(findings, acc.entities)) acc.canary = true

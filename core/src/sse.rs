@@ -622,20 +622,7 @@ impl SseStream {
     }
 
     fn enqueue(&mut self, lines: Vec<(String, String)>) {
-        let mut data: Option<String> = None;
-        for (l, _) in &lines {
-            if field_of(l) == Some("data") {
-                let value = l.get(5..).unwrap_or("");
-                let value = value.strip_prefix(' ').unwrap_or(value);
-                match &mut data {
-                    Some(d) => {
-                        d.push('\n');
-                        d.push_str(value);
-                    }
-                    None => data = Some(value.to_string()),
-                }
-            }
-        }
+        let data = event_data(lines.iter().map(|(l, _)| l.as_str()));
         let mut ev = Pending { lines, body: Body::Raw, pieces: Vec::new(), fixed: Vec::new(), new_data: None };
         if let Some(data) = data.filter(|_| self.redact || self.payload.is_some()) {
             let t = data.trim_start();
@@ -804,14 +791,11 @@ impl SseStream {
             if p.skip > p.end {
                 c.take(p.skip); // the separator between plain values belongs to no event
             }
-            if p.pointer.is_none() && self.redact {
+            if p.pointer.is_none() {
                 // Plain data is also redacted on its own: joined as tokens, a value at the end
                 // of one message could run into the next word and be missed.
-                let r = self.fw.scan_output(&t);
-                if !r.findings.is_empty() {
-                    self.canary_leaked |= r.canary_leaked;
-                    self.findings.extend(r.findings);
-                    t = r.text;
+                if let Some(new) = self.redact_whole(&t) {
+                    t = new;
                 }
             }
             let t = self.channels[p.channel].watermark(t);
@@ -879,6 +863,26 @@ fn scope_of(v: &Value) -> String {
     s
 }
 
+/// The data of an event as a client dispatches it: the values of its `data` lines (one
+/// leading space removed) joined with `\n`; None when it has no `data` line.
+fn event_data<'a>(lines: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let mut data: Option<String> = None;
+    for l in lines {
+        if field_of(l) == Some("data") {
+            let value = l.get(5..).unwrap_or("");
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
+                None => data = Some(value.to_string()),
+            }
+        }
+    }
+    data
+}
+
 /// The field name of an event-stream line (None for a comment).
 fn field_of(line: &str) -> Option<&str> {
     match line.find(':') {
@@ -920,29 +924,8 @@ mod tests {
 
     /// The `data` of each event, as an SSE client dispatches it (WHATWG parsing).
     fn events(stream: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut data: Option<String> = None;
         let norm = stream.replace("\r\n", "\n").replace('\r', "\n");
-        for line in norm.split('\n') {
-            if line.is_empty() {
-                if let Some(d) = data.take() {
-                    out.push(d);
-                }
-                continue;
-            }
-            if field_of(line) == Some("data") {
-                let v = line.get(5..).unwrap_or("");
-                let v = v.strip_prefix(' ').unwrap_or(v);
-                match &mut data {
-                    Some(d) => {
-                        d.push('\n');
-                        d.push_str(v);
-                    }
-                    None => data = Some(v.to_string()),
-                }
-            }
-        }
-        out
+        norm.split("\n\n").filter_map(|block| event_data(block.split('\n'))).collect()
     }
 
     fn contents(stream: &str) -> Vec<String> {

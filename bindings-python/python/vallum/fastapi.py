@@ -787,7 +787,6 @@ class _ResponseTransformer:
         self.decoder: Any = None
         self.redactor: Any = None
         self.wm: Any = None
-        self.sse: Any = None
         self.charset = "utf-8"
         self.original_start: Optional[dict] = None
 
@@ -850,8 +849,9 @@ class _ResponseTransformer:
         if mode in ("stream", "sse"):
             self.decoder = codecs.getincrementaldecoder(self._codec())(errors="replace")
         if mode == "sse":
+            # Redacts and watermarks: the stream path below treats it as the redactor.
             payload = self.payload if self.mw.watermark_responses else None
-            self.sse = self.mw.firewall.sse_stream(payload, redact=self.mw.redact_responses)
+            self.redactor = self.mw.firewall.sse_stream(payload, redact=self.mw.redact_responses)
         elif mode == "stream":
             self.redactor = self.mw.firewall.stream_redactor() if self.mw.redact_responses else None
             if self.mw.watermark_responses:
@@ -869,17 +869,6 @@ class _ResponseTransformer:
             return
         # streaming
         text = self.decoder.decode(body, final=not more)
-        if self.sse is not None:
-            out = self.sse.push(text) if text else ""
-            if not more:
-                out += self.sse.finish()
-            if out or not more:
-                await self._send({"type": "http.response.body", "body": out.encode("utf-8"), "more_body": more})
-            if not more and self.mw.redact_responses:
-                entities: dict = {}
-                _count(self.sse.findings, entities)
-                await self.mw._events.findings(self.scope, self.caller, entities, bool(self.sse.canary_leaked))
-            return
         out = text
         if self.redactor is not None:
             out = self.redactor.push(out) if out else ""
