@@ -120,65 +120,98 @@ pub(crate) fn classify_invisible(c: char) -> Option<Invisible> {
     }
 }
 
-/// A text view with a byte-level map back to the original text.
+/// A text view with a map back to the original text.
 ///
-/// `text` is the view; for every byte `i` of `text`, the originating character occupies
-/// `orig_start[i]..orig_end[i]` in the original (offsets relative to the scanned slice).
+/// `text` is the view; every byte of it comes from a half-open byte range of the original
+/// (offsets relative to the scanned slice): the byte itself for copied ASCII, else the whole
+/// source character (a folded or lower-cased character) or whitespace run (collapsed to one
+/// space). The map is kept as runs of bytes that share one rule, one run per copied stretch of
+/// text rather than two offsets per byte.
 #[derive(Debug, Clone, Default)]
 pub struct View {
     /// The view text.
     pub text: String,
-    orig_start: Vec<u32>,
-    orig_end: Vec<u32>,
+    runs: Vec<Run>,
+}
+
+/// View bytes from `view` up to the next run's `view` (or the end of the text) map to original
+/// bytes `orig + k .. orig + k + 1` for the `k`-th byte when `step` (copied ASCII), and all to
+/// `orig .. orig_end` otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    view: u32,
+    orig: u32,
+    orig_end: u32,
+    step: bool,
 }
 
 impl View {
     fn with_capacity(n: usize) -> Self {
-        View {
-            text: String::with_capacity(n),
-            orig_start: Vec::with_capacity(n),
-            orig_end: Vec::with_capacity(n),
+        View { text: String::with_capacity(n), runs: Vec::new() }
+    }
+
+    /// Records that the bytes appended next map to `os..oe` (`step`: byte by byte from `os`),
+    /// extending the last run when it continues it.
+    #[inline]
+    fn map_next(&mut self, os: u32, oe: u32, step: bool) {
+        let at = self.text.len() as u32;
+        if let Some(last) = self.runs.last() {
+            let continues = if step {
+                last.step && last.orig + (at - last.view) == os
+            } else {
+                !last.step && last.orig == os && last.orig_end == oe
+            };
+            if continues {
+                return;
+            }
         }
+        self.runs.push(Run { view: at, orig: os, orig_end: oe, step });
     }
 
     #[inline]
     fn push(&mut self, c: char, os: u32, oe: u32) {
-        let mut buf = [0u8; 4];
-        let s = c.encode_utf8(&mut buf);
-        self.text.push_str(s);
-        for _ in 0..s.len() {
-            self.orig_start.push(os);
-            self.orig_end.push(oe);
+        if c.is_ascii() {
+            self.push_ascii(c as u8, os, oe);
+            return;
         }
+        self.map_next(os, oe, false);
+        self.text.push(c);
     }
 
     #[inline]
     fn push_ascii(&mut self, b: u8, os: u32, oe: u32) {
-        // SAFETY-free: callers pass ASCII only.
         debug_assert!(b.is_ascii());
+        self.map_next(os, oe, oe == os + 1);
         self.text.push(b as char);
-        self.orig_start.push(os);
-        self.orig_end.push(oe);
     }
 
     /// Appends a run of ASCII characters (lower-cased) that starts at original offset `os`.
     #[inline]
     fn push_ascii_run(&mut self, run: &str, os: u32) {
         debug_assert!(run.is_ascii());
+        self.map_next(os, os + 1, true);
         self.text.push_str(run);
         let n = self.text.len();
         self.text[n - run.len()..].make_ascii_lowercase();
-        self.orig_start.extend(os..os + run.len() as u32);
-        self.orig_end.extend(os + 1..os + 1 + run.len() as u32);
+    }
+
+    /// The run holding view byte `i` (`i < text.len()`).
+    #[inline]
+    fn run_at(&self, i: usize) -> Option<&Run> {
+        let k = self.runs.partition_point(|r| r.view as usize <= i);
+        self.runs.get(k.checked_sub(1)?)
     }
 
     /// Maps a half-open byte span of the view to a half-open byte span of the original.
     /// Returns `None` for an empty or out-of-range span.
     pub fn map_span(&self, start: usize, end: usize) -> Option<(usize, usize)> {
-        if start >= end || end > self.orig_start.len() {
+        if start >= end || end > self.text.len() {
             return None;
         }
-        Some((self.orig_start[start] as usize, self.orig_end[end - 1] as usize))
+        let (a, b) = (self.run_at(start)?, self.run_at(end - 1)?);
+        let s = if a.step { a.orig + (start as u32 - a.view) } else { a.orig };
+        let e = if b.step { b.orig + (end as u32 - b.view) } else { b.orig_end };
+        Some((s as usize, e as usize))
     }
 
     /// A view of the same length whose bytes are replaced by `f` (ASCII to ASCII only).
@@ -187,8 +220,7 @@ impl View {
         View {
             // Only ASCII bytes were replaced by ASCII bytes, so UTF-8 validity is preserved.
             text: String::from_utf8(bytes).unwrap_or_else(|_| self.text.clone()),
-            orig_start: self.orig_start.clone(),
-            orig_end: self.orig_end.clone(),
+            runs: self.runs.clone(),
         }
     }
 
@@ -198,9 +230,20 @@ impl View {
         let n = ranges.iter().map(|r| r.1 - r.0).sum();
         let mut v = View::with_capacity(n);
         for &(s, e) in ranges {
-            v.text.push_str(&self.text[s..e]);
-            v.orig_start.extend_from_slice(&self.orig_start[s..e]);
-            v.orig_end.extend_from_slice(&self.orig_end[s..e]);
+            let mut i = s;
+            while i < e {
+                let k = self.runs.partition_point(|r| r.view as usize <= i) - 1;
+                let r = self.runs[k];
+                let upto = self.runs.get(k + 1).map_or(self.text.len(), |n| n.view as usize).min(e);
+                if r.step {
+                    let os = r.orig + (i as u32 - r.view);
+                    v.map_next(os, os + 1, true);
+                } else {
+                    v.map_next(r.orig, r.orig_end, false);
+                }
+                v.text.push_str(&self.text[i..upto]);
+                i = upto;
+            }
         }
         v
     }
@@ -371,44 +414,90 @@ impl Builder {
             // and free padding for an attacker, dropped like Latin diacritics.
             return;
         }
-        for d in std::iter::once(c).nfkc() {
-            if d.is_ascii() {
-                if d.is_ascii_alphanumeric() {
-                    self.tok_folded += 1;
+        with_fold(c, |fold| {
+            for &(ch, look_alike) in fold {
+                self.tok_folded += u32::from(look_alike);
+                if ch.is_ascii() {
+                    self.out_ascii(ch as u8, os, oe);
+                } else {
+                    self.out_char(ch, os, oe);
                 }
-                self.out_ascii(d as u8, os, oe);
-                continue;
             }
-            // Decompose, drop Latin combining diacritics (é → e).
-            let mut base_only = String::new();
-            let mut all_ascii = true;
-            for e in std::iter::once(d).nfd() {
-                if ('\u{0300}'..='\u{036F}').contains(&e) {
-                    continue;
-                }
-                all_ascii &= e.is_ascii();
-                base_only.push(e);
-            }
-            if all_ascii && !base_only.is_empty() {
-                for b in base_only.bytes() {
-                    self.out_ascii(b, os, oe);
-                }
-                continue;
-            }
-            let mut buf = [0u8; 4];
-            let skel: String = unicode_security::skeleton(d.encode_utf8(&mut buf)).collect();
-            if !skel.is_empty() && skel.is_ascii() && !skel.bytes().any(|b| b.is_ascii_whitespace()) {
-                for b in skel.bytes() {
-                    if b.is_ascii_alphanumeric() {
-                        self.tok_folded += 1;
-                    }
-                    self.out_ascii(b, os, oe);
-                }
-            } else {
-                self.out_char(d, os, oe);
-            }
+        });
+    }
+}
+
+/// What the canonical view holds in place of one non-ASCII character (before lower-casing and
+/// whitespace collapsing), each with whether it is an ASCII letter or digit folded from a
+/// look-alike (counted in [`Flags::homoglyphs`] inside mixed-script words): NFKC, then Latin
+/// combining diacritics dropped (`é` → `e`), then the UTS #39 confusable skeleton when it is
+/// ASCII (Cyrillic `а` → `a`); otherwise the NFKC character as it is.
+fn fold_char(c: char) -> Vec<(char, bool)> {
+    let mut out = Vec::new();
+    for d in std::iter::once(c).nfkc() {
+        if d.is_ascii() {
+            out.push((d, d.is_ascii_alphanumeric()));
+            continue;
+        }
+        // Decompose, drop Latin combining diacritics (é → e).
+        let base_only: Vec<char> = std::iter::once(d).nfd().filter(|e| !('\u{0300}'..='\u{036F}').contains(e)).collect();
+        if !base_only.is_empty() && base_only.iter().all(char::is_ascii) {
+            out.extend(base_only.into_iter().map(|b| (b, false)));
+            continue;
+        }
+        let mut buf = [0u8; 4];
+        let skel: String = unicode_security::skeleton(d.encode_utf8(&mut buf)).collect();
+        if !skel.is_empty() && skel.is_ascii() && !skel.bytes().any(|b| b.is_ascii_whitespace()) {
+            out.extend(skel.chars().map(|b| (b, b.is_ascii_alphanumeric())));
+        } else {
+            out.push((d, false));
         }
     }
+    out
+}
+
+/// Longest fold kept in the cache of [`with_fold`] (chars); NFKC can give up to 18 (U+FDFA).
+const FOLD_CACHE_MAX: usize = 6;
+/// Slots of the per-thread fold cache (direct-mapped on the code point's low bits).
+const FOLD_CACHE_SLOTS: usize = 1024;
+
+#[derive(Clone, Copy)]
+struct FoldSlot {
+    /// The cached character; `'\0'` (ASCII, never looked up) marks an empty slot.
+    key: char,
+    len: u8,
+    fold: [(char, bool); FOLD_CACHE_MAX],
+}
+
+/// Calls `f` with [`fold_char`] of `c`. The fold depends on `c` alone and costs a few Unicode
+/// table walks and allocations, while texts repeat a small alphabet, so folds are cached per
+/// thread (about 50 KiB).
+fn with_fold<R>(c: char, f: impl FnOnce(&[(char, bool)]) -> R) -> R {
+    use std::cell::RefCell;
+    const EMPTY: FoldSlot = FoldSlot { key: '\0', len: 0, fold: [('\0', false); FOLD_CACHE_MAX] };
+    thread_local! {
+        static CACHE: RefCell<Vec<FoldSlot>> = const { RefCell::new(Vec::new()) };
+    }
+    CACHE.with(|cache| {
+        let Ok(mut cache) = cache.try_borrow_mut() else {
+            return f(&fold_char(c));
+        };
+        if cache.is_empty() {
+            cache.resize(FOLD_CACHE_SLOTS, EMPTY);
+        }
+        let slot = &mut cache[c as usize % FOLD_CACHE_SLOTS];
+        if slot.key != c {
+            let fold = fold_char(c);
+            if fold.len() > FOLD_CACHE_MAX {
+                drop(cache);
+                return f(&fold);
+            }
+            slot.key = c;
+            slot.len = fold.len() as u8;
+            slot.fold[..fold.len()].copy_from_slice(&fold);
+        }
+        f(&slot.fold[..slot.len as usize])
+    })
 }
 
 /// Builds the views of `text`. `text` must be at most `u32::MAX` bytes (the engine scans large
@@ -596,11 +685,7 @@ fn leet_fold(view: &View) -> Option<View> {
             }
         }
     }
-    Some(View {
-        text: String::from_utf8(out).ok()?,
-        orig_start: view.orig_start.clone(),
-        orig_end: view.orig_end.clone(),
-    })
+    Some(View { text: String::from_utf8(out).ok()?, runs: view.runs.clone() })
 }
 
 /// Finds runs of 4+ consecutive single-character words (letters or digits, any script)
@@ -811,7 +896,7 @@ mod tests {
             let text = parts.concat();
             let fast = normalize(&text);
             let slow = normalize_any(&text);
-            let dump = |v: &View| (v.text.clone(), v.orig_start.clone(), v.orig_end.clone());
+            let dump = |v: &View| (v.text.clone(), v.runs.clone());
             proptest::prop_assert_eq!(dump(&fast.canonical), dump(&slow.canonical));
             proptest::prop_assert_eq!(fast.despaced.as_ref().map(dump), slow.despaced.as_ref().map(dump));
             proptest::prop_assert_eq!(fast.compact.as_ref().map(dump), slow.compact.as_ref().map(dump));
@@ -914,5 +999,73 @@ mod tests {
         assert_eq!(v.despaced.unwrap().text, "1gn0r3 the rules");
         // Mixed: half letters is enough.
         assert!(normalize("a 1 b 2").flags.letter_spacing);
+    }
+
+    #[test]
+    fn cached_folds_equal_direct_folds() {
+        // Characters sharing a cache slot (same code point modulo the slot count) evict each
+        // other; U+FDFA folds to 18 characters, more than a slot holds.
+        let chars = ['é', 'é', 'а', char::from_u32('а' as u32 + FOLD_CACHE_SLOTS as u32).unwrap(), 'ﬁ', '\u{FDFA}', 'Ａ',
+            char::from_u32('Ａ' as u32 + 2 * FOLD_CACHE_SLOTS as u32).unwrap(), '中', '𝐀', 'İ', 'а', 'Ａ'];
+        for c in chars.iter().chain(chars.iter().rev()) {
+            assert_eq!(with_fold(*c, <[_]>::to_vec), fold_char(*c), "{c:?}");
+        }
+        assert!(fold_char('\u{FDFA}').len() > FOLD_CACHE_MAX);
+        assert_eq!(fold_char('а'), vec![('a', true)]);
+        assert_eq!(fold_char('é'), vec![('e', false)]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// The run-length map gives what a map of one original range per view byte gives: every
+        /// view character maps to a non-empty, char-aligned original range, in order; a span
+        /// maps from the start of its first character to the end of its last; copied ASCII maps
+        /// to itself; the derived views keep the canonical view's ranges.
+        #[test]
+        fn view_maps_are_per_character(parts in proptest::collection::vec(proptest::sample::select(vec![
+            "Ig", "nore", " ", "  ", "\t\n", "ｎ", "о", "é", "ﬁ", "\u{200B}", "İ", "ß", "中", "𝐀", "\u{E0041}", "1", "@",
+            "x", "a b c d", "\u{0301}", "\u{FDFA}", "ДА",
+        ]), 0..30)) {
+            let text = parts.concat();
+            let views = normalize(&text);
+            // `copies`: copied ASCII reads as itself (the canonical view; leetspeak and ROT13
+            // replace letters).
+            let check = |v: &View, copies: bool| -> Result<(), proptest::test_runner::TestCaseError> {
+                let bounds: Vec<usize> = v.text.char_indices().map(|(i, _)| i).chain([v.text.len()]).collect();
+                let mut prev = (0, 0);
+                for w in bounds.windows(2) {
+                    let (a, b) = v.map_span(w[0], w[1]).expect("in range");
+                    proptest::prop_assert!(a < b && text.is_char_boundary(a) && text.is_char_boundary(b), "{:?} {:?}", text, (a, b));
+                    proptest::prop_assert!(a >= prev.0 && b >= prev.1, "{:?}: not in order", text);
+                    let orig = &text[a..b];
+                    if copies && orig.len() == 1 && !orig.as_bytes()[0].is_ascii_whitespace() {
+                        proptest::prop_assert_eq!(&v.text[w[0]..w[1]], orig.to_ascii_lowercase());
+                    }
+                    prev = (a, b);
+                }
+                for (i, &s) in bounds.iter().enumerate() {
+                    for &e in &bounds[i + 1..] {
+                        let first = v.map_span(s, bounds[i + 1]).unwrap();
+                        let last = v.map_span(bounds[bounds.iter().position(|&x| x == e).unwrap() - 1], e).unwrap();
+                        proptest::prop_assert_eq!(v.map_span(s, e), Some((first.0, last.1)));
+                    }
+                }
+                Ok(())
+            };
+            check(&views.canonical, true)?;
+            check(&views.rot13(), false)?;
+            for v in [&views.leetspeak, &views.despaced, &views.compact].into_iter().flatten() {
+                check(v, false)?;
+            }
+            // A derived view that only drops bytes keeps each kept byte's range.
+            if let Some(c) = &views.compact {
+                let mut k = 0;
+                for (i, ch) in views.canonical.text.char_indices().filter(|(_, ch)| ch.is_alphanumeric()) {
+                    let n = ch.len_utf8();
+                    proptest::prop_assert_eq!(c.map_span(k, k + n), views.canonical.map_span(i, i + n));
+                    k += n;
+                }
+            }
+        }
     }
 }
