@@ -2,7 +2,7 @@
 //! cloneable [`Firewall`] (`Send + Sync`, an `Arc` inside) that scans prompts, redacts and
 //! watermarks outputs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -616,7 +616,9 @@ impl Firewall {
         let max = self.0.policy.limits.max_matches;
         let matches_truncated = hits.len() > max;
 
-        let mut best: HashMap<u32, f32> = HashMap::new();
+        // Ordered by rule, so that the product below is computed in one order and the score is
+        // the same bits on every run (a HashMap's order changed its last bits from run to run).
+        let mut best: BTreeMap<u32, f32> = BTreeMap::new();
         let mut floor = Action::Allow;
         let mut matches = Vec::with_capacity(hits.len().min(max));
         for h in &hits {
@@ -874,6 +876,26 @@ mod tests {
         for w in c.windows(2) {
             assert!(w[1].0 < w[0].1, "chunks overlap");
             assert!(t.is_char_boundary(w[1].0));
+        }
+    }
+
+    #[test]
+    fn score_is_the_same_bits_on_every_scan() {
+        // Four rules, three medium and one low (a case seen to differ): the product over them
+        // must not depend on the order a hash map happens to give.
+        let sev = ["medium", "medium", "medium", "low"];
+        let rules: Vec<String> = (0..4)
+            .map(|i| format!(r#"{{"id": "T-{i}", "category": "custom", "severity": "{}", "phrases": ["codeword{i}"]}}"#, sev[i]))
+            .collect();
+        let policy = format!(r#"{{"classifier": {{"enabled": false}}, "rules": {{"builtin": [], "inline": [{}]}}}}"#, rules.join(","));
+        let fw = Firewall::builder().policy(Policy::from_json(&policy).unwrap()).build().unwrap();
+        let text = (0..4).map(|i| format!("codeword{i}")).collect::<Vec<_>>().join(" and ");
+        let first = fw.scan_prompt(&text);
+        assert_eq!(first.matches.len(), 4, "{:?}", first.rule_ids());
+        assert!(first.signature_score < 1.0);
+        for _ in 0..200 {
+            let v = fw.scan_prompt(&text);
+            assert_eq!(v.signature_score.to_bits(), first.signature_score.to_bits());
         }
     }
 
