@@ -766,10 +766,7 @@ fn has_four_spaced_letters(b: &[u8]) -> bool {
     let mut base = 0usize;
     loop {
         let w = &b[base..b.len().min(base + 64)];
-        let mut m = 0u64; // bit j: byte base + j is a letter or digit
-        for (j, c) in w.iter().enumerate() {
-            m |= u64::from(c.is_ascii_alphanumeric()) << j;
-        }
+        let m = alnum_mask(w); // bit j: byte base + j is a letter or digit
         let mut single = m & !(m << 1) & !(m >> 1);
         if base > 0 {
             single &= !1; // its left neighbour is outside this window
@@ -789,6 +786,42 @@ fn has_four_spaced_letters(b: &[u8]) -> bool {
         }
         base += 48;
     }
+}
+
+/// Bit `j` set when `w[j]` is an ASCII letter or digit (`w` at most 64 bytes), eight bytes at a
+/// time.
+fn alnum_mask(w: &[u8]) -> u64 {
+    debug_assert!(w.len() <= 64);
+    let mut m = 0u64;
+    let mut words = w.chunks_exact(8);
+    for (k, c) in words.by_ref().enumerate() {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(c);
+        m |= alnum_bits8(u64::from_le_bytes(x)) << (8 * k);
+    }
+    let done = w.len() - words.remainder().len();
+    for (j, c) in words.remainder().iter().enumerate() {
+        m |= u64::from(c.is_ascii_alphanumeric()) << (done + j);
+    }
+    m
+}
+
+/// Bit `k` set when byte `k` of `x` (little-endian) is an ASCII letter or digit: SIMD-within-a-
+/// register range tests. For a byte `v < 0x80` and `1 <= lo <= 0x80`, `v + (0x80 - lo)` stays
+/// within the byte and has its top bit set exactly when `v >= lo`; bytes of `0x80` and above
+/// are cleared first and never count. `v | 0x20` maps capitals onto small letters and nothing
+/// else into `a..=z`.
+fn alnum_bits8(x: u64) -> u64 {
+    const fn rep(b: u8) -> u64 {
+        b as u64 * 0x0101_0101_0101_0101
+    }
+    let ascii = !x & rep(0x80);
+    let v = x & rep(0x7F);
+    let at_least = |v: u64, lo: u8| v.wrapping_add(rep(0x80 - lo));
+    let in_range = |v: u64, lo: u8, hi: u8| at_least(v, lo) & !at_least(v, hi + 1);
+    let hit = (in_range(v, b'0', b'9') | in_range(v | rep(0x20), b'a', b'z')) & ascii;
+    // Gather the top bit of each byte into the low eight bits.
+    ((hit >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
 }
 
 /// Re-joins letter-by-letter runs: separators inside a run are removed, except the collapsed
@@ -999,6 +1032,24 @@ mod tests {
         assert_eq!(v.despaced.unwrap().text, "1gn0r3 the rules");
         // Mixed: half letters is enough.
         assert!(normalize("a 1 b 2").flags.letter_spacing);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5000))]
+        /// The eight-bytes-at-a-time mask is the byte-by-byte one, for any bytes.
+        #[test]
+        fn alnum_mask_is_byte_by_byte(w in proptest::collection::vec(proptest::num::u8::ANY, 0..=64)) {
+            let want = w.iter().enumerate().fold(0u64, |m, (j, c)| m | u64::from(c.is_ascii_alphanumeric()) << j);
+            proptest::prop_assert_eq!(alnum_mask(&w), want);
+        }
+    }
+
+    #[test]
+    fn alnum_bits_at_the_edges() {
+        for b in 0..=255u8 {
+            let x = u64::from_le_bytes([b, b'a', 0x80, b'Z', b'@', b'[', b'`', b'{']);
+            assert_eq!(alnum_bits8(x), u64::from(b.is_ascii_alphanumeric()) | 0b1010, "{b:#x}");
+        }
     }
 
     #[test]
