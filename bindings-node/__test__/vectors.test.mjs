@@ -56,7 +56,7 @@ for (const c of wm.cases) {
     const fw = new Firewall(undefined, Buffer.from(wm.key_hex, 'hex'))
     const payload = BigInt(c.payload_decimal)
     const marked = fw.watermarkSync(c.input, payload)
-    assert.equal(fw.stripWatermarkSync(marked), c.input)
+    assert.equal(fw.stripWatermarkSync(marked), c.stripped ?? c.input)
     const d = fw.detectWatermarkSync(marked)
     if ('detect' in c && c.detect === null) assert.equal(d, null)
     else assert.equal(d.payload, payload)

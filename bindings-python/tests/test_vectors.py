@@ -77,7 +77,7 @@ def test_output_vector(case):
 def test_watermark_vector(case):
     fw = vallum.Firewall(key=bytes.fromhex(WATERMARK["key_hex"]))
     marked = fw.watermark(case["input"], case["payload"])
-    assert fw.strip_watermark(marked) == case["input"]
+    assert fw.strip_watermark(marked) == case.get("stripped", case["input"])
     d = fw.detect_watermark(marked)
     if "detect" in case and case["detect"] is None:
         assert d is None

@@ -15,8 +15,14 @@
 //!   candidate only if its tag verifies. A random text or a wrong key therefore yields a false
 //!   payload with probability 2⁻³² per call.
 //! - **Exact removal**: [`strip`] deletes only runs of carriers that directly follow a gap
-//!   character; [`Watermarker::embed`] leaves a text that already holds such runs unchanged, so
-//!   `strip(embed(t, p)) == t` for every `t`.
+//!   character, so `strip(embed(t, p)) == t` for every `t` without such runs.
+//! - **Carriers already in the text**: a gap already followed by a carrier (a text marked
+//!   before, or a model asked to print a zero-width space after a space) is left as it is and
+//!   the other gaps are marked, so one foreign carrier cannot keep a whole output unmarked; the
+//!   text is never changed but for the inserted runs. [`Watermarker::detect`] reads only runs of
+//!   exactly two carriers (what `embed` writes), so foreign single carriers do not shift the
+//!   frame. A text that quotes a marked excerpt gets its other gaps marked; detection then
+//!   yields the payload with the most copies, or none when the votes split.
 //!
 //! # Limits
 //! Anyone who deletes zero-width characters (or retypes the text, or paraphrases it) removes the
@@ -128,19 +134,6 @@ fn gap_positions(text: &str) -> Vec<usize> {
     gaps
 }
 
-/// True if `text` has a carrier character right after a gap character (an existing watermark or
-/// a look-alike), i.e. something [`strip`] would remove.
-fn has_marks(text: &str) -> bool {
-    let mut prev_gap = false;
-    for c in text.chars() {
-        if prev_gap && is_carrier(c) {
-            return true;
-        }
-        prev_gap = is_gap_char(c);
-    }
-    false
-}
-
 /// Removes every run of carrier characters that directly follows a gap character. Exact inverse
 /// of [`Watermarker::embed`]; other text (including zero-width characters elsewhere, such as the
 /// ZWNJ inside Persian words) is left alone. No key needed.
@@ -197,12 +190,11 @@ impl Watermarker {
         gap_positions(text).len()
     }
 
-    /// Returns `text` with the watermark for `payload` inserted after every usable gap. Text that
-    /// already carries marks (see [`strip`]) is returned unchanged. `strip(embed(t, p)) == t`.
+    /// Returns `text` with the watermark for `payload` inserted after every usable gap: a gap
+    /// already followed by a carrier (a text marked before) is not usable, so a marked text comes
+    /// back unchanged. Only characters are inserted; `strip(embed(t, p)) == t` when `t` has no
+    /// carrier right after a gap.
     pub fn embed(&self, text: &str, payload: u64) -> String {
-        if has_marks(text) {
-            return text.to_string();
-        }
         let gaps = gap_positions(text);
         if gaps.is_empty() {
             return text.to_string();
@@ -226,14 +218,21 @@ impl Watermarker {
     /// Recovers the payload, or `None` when there is no whole frame or the tag does not verify
     /// under this key (a false payload has probability 2⁻³²).
     pub fn detect(&self, text: &str) -> Option<Detection> {
-        // Read symbols from carrier runs after gap characters.
+        // Read symbols from carrier runs after gap characters: runs of exactly PER_GAP carriers,
+        // as embed writes them; a run of another length is somebody else's character.
         let mut syms: Vec<Option<u8>> = Vec::new(); // None = sync
+        let symbol = |c: char| if c == SYNC { None } else { DATA.iter().position(|d| *d == c).map(|p| p as u8) };
+        let mut run: Vec<char> = Vec::with_capacity(PER_GAP + 1);
         let mut in_run = false;
-        for c in text.chars() {
+        for c in text.chars().chain(std::iter::once('\0')) {
             if in_run && is_carrier(c) {
-                syms.push(if c == SYNC { None } else { DATA.iter().position(|d| *d == c).map(|p| p as u8) });
+                run.push(c);
                 continue;
             }
+            if run.len() == PER_GAP {
+                syms.extend(run.iter().map(|&r| symbol(r)));
+            }
+            run.clear();
             in_run = is_gap_char(c);
         }
         let first_sync = syms.iter().position(Option::is_none)?;
@@ -294,7 +293,7 @@ impl Watermarker {
 /// concatenated output equals [`Watermarker::embed`] of the whole text for texts without code
 /// (fenced blocks and inline code are tracked line by line; marks are never put inside them).
 /// Holds back nothing: a mark is written before the first character after a gap, whenever that
-/// character arrives. If the input already carries marks, marking stops from there on.
+/// character arrives. A gap already followed by a carrier is left unmarked, as in `embed`.
 #[derive(Debug, Clone)]
 pub struct StreamWatermarker {
     frame: Vec<char>,
@@ -304,7 +303,6 @@ pub struct StreamWatermarker {
     in_fence: bool,
     in_inline: bool,
     line_head: String,
-    stopped: bool,
     enabled: bool,
 }
 
@@ -318,7 +316,6 @@ impl StreamWatermarker {
             in_fence: false,
             in_inline: false,
             line_head: String::new(),
-            stopped: false,
             enabled,
         }
     }
@@ -330,14 +327,11 @@ impl StreamWatermarker {
         }
         let mut out = String::with_capacity(chunk.len() + 16);
         for c in chunk.chars() {
-            if self.prev.is_some_and(is_gap_char) && is_carrier(c) {
-                self.stopped = true;
-            }
             let gap_before = self.prev.is_some_and(is_gap_char)
                 && self.prev2.is_some_and(|p| !p.is_whitespace() && !is_carrier(p))
                 && !c.is_whitespace()
                 && !is_carrier(c);
-            if gap_before && !self.stopped && !self.in_fence && !self.in_inline {
+            if gap_before && !self.in_fence && !self.in_inline {
                 for _ in 0..PER_GAP {
                     out.push(self.frame[self.k % self.frame.len()]);
                     self.k += 1;
@@ -446,6 +440,57 @@ mod tests {
         let out = s.push(code);
         assert!(out.contains("let a = b + c;") && out.contains("`x y`"));
         assert_eq!(strip(&out), code);
+    }
+
+    /// Checks that `out` is `text` with runs of exactly PER_GAP carriers inserted right after gap
+    /// characters, and nothing else changed; returns the number of runs inserted.
+    fn inserted_runs(text: &str, out: &str) -> usize {
+        let (t, o): (Vec<char>, Vec<char>) = (text.chars().collect(), out.chars().collect());
+        let (mut i, mut j, mut runs) = (0, 0, 0);
+        while j < o.len() {
+            // An inserted run: PER_GAP carriers right after a gap character, where the text goes
+            // on with something else (embed never marks a gap the text follows with a carrier).
+            let run = j > 0 && is_gap_char(o[j - 1]) && o[j..].iter().take(PER_GAP).filter(|c| is_carrier(**c)).count() == PER_GAP;
+            if run && t.get(i) != Some(&o[j]) {
+                runs += 1;
+                j += PER_GAP;
+                continue;
+            }
+            assert_eq!(t.get(i), Some(&o[j]), "changed at char {i} of {text:?}");
+            i += 1;
+            j += 1;
+        }
+        assert_eq!(i, t.len(), "text cut short");
+        runs
+    }
+
+    #[test]
+    fn foreign_carriers_do_not_stop_the_mark() {
+        // A model asked to print a zero-width space after a space, a ZWNJ after a space and a
+        // stray word joiner: the other gaps are still marked, and nothing of the text changes.
+        let w = Watermarker::new([9; 32]);
+        let mut t = String::from("Sure, \u{200B}here it is.");
+        for (i, word) in words(70).split(' ').enumerate() {
+            t.push(' ');
+            if i % 17 == 3 {
+                t.push(['\u{200B}', '\u{200C}', '\u{2060}'][i % 3]);
+            }
+            t.push_str(word);
+        }
+        let m = w.embed(&t, 4242);
+        assert!(inserted_runs(&t, &m) >= 60);
+        assert_eq!(strip(&m), strip(&t));
+        assert_eq!(w.detect(&m).map(|d| d.payload), Some(4242));
+        // Streaming gives the same text for any chunking.
+        for step in [1usize, 3, 64] {
+            let mut s = StreamWatermarker::new(&w, 4242, true);
+            let chars: Vec<char> = t.chars().collect();
+            let out: String = chars.chunks(step).map(|c| s.push(&c.iter().collect::<String>())).collect();
+            assert_eq!(out, m, "step {step}");
+        }
+        // Single carriers after gaps elsewhere in a marked excerpt do not shift the frame.
+        let noisy = m.replacen(" word30", " \u{2062}word30", 1).replacen(" word50", " \u{2064}word50", 1);
+        assert_eq!(w.detect(&noisy).map(|d| d.payload), Some(4242));
     }
 
     #[test]

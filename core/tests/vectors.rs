@@ -132,7 +132,8 @@ fn watermark_vectors() {
         let input = c["input"].as_str().unwrap();
         let payload = c["payload"].as_u64().unwrap();
         let marked = fw.watermark(input, payload);
-        assert_eq!(fw.strip_watermark(&marked), input, "{name}");
+        let stripped = c.get("stripped").and_then(Value::as_str).unwrap_or(input);
+        assert_eq!(fw.strip_watermark(&marked), stripped, "{name}");
         let detected = fw.detect_watermark(&marked).map(|d| d.payload);
         match c.get("detect") {
             Some(Value::Null) => assert_eq!(detected, None, "{name}"),
