@@ -358,15 +358,8 @@ impl Firewall {
     pub fn scan_prompt(&self, text: &str) -> Verdict {
         let t0 = Instant::now();
         let limits = &self.0.policy.limits;
-        let (scan, truncated) = if text.len() > limits.max_input_bytes {
-            let mut cut = limits.max_input_bytes;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            (&text[..cut], true)
-        } else {
-            (text, false)
-        };
+        let scan = head(text, limits.max_input_bytes);
+        let truncated = scan.len() < text.len();
         let mut hits = Vec::new();
         let mut flags = Flags::default();
         let mut carriers = 0u32;
@@ -495,7 +488,8 @@ impl Firewall {
         let t0 = Instant::now();
         let joined = turns.iter().map(|t| t.as_ref()).collect::<Vec<_>>().join("\n");
         let mut v = self.scan_prompt(&joined);
-        let frags = quoted_fragments(&joined);
+        // The fragments of the part scan_prompt scanned: past it the input is over the limit.
+        let frags = quoted_fragments(head(&joined, self.0.policy.limits.max_input_bytes));
         if frags.len() >= 2 {
             let mut fs = String::new();
             let mut table = Vec::new(); // (offset in fs, start in joined, len)
@@ -800,6 +794,15 @@ fn reports_text(text: &str) -> bool {
 fn looks_rot13(canonical: &str) -> bool {
     const WORDS: [&str; 7] = [" gur ", " naq ", " lbh ", " lbhe ", " vtaber ", " gb ", " vafgehpgvbaf"];
     WORDS.iter().filter(|w| canonical.contains(*w)).take(2).count() >= 2
+}
+
+/// The longest prefix of `text` of at most `max_bytes` bytes that ends on a char boundary.
+fn head(text: &str, max_bytes: usize) -> &str {
+    let mut cut = max_bytes.min(text.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &text[..cut]
 }
 
 /// Overlapping chunk ranges on char boundaries covering `text`.

@@ -139,7 +139,9 @@ pub struct View {
 /// `orig .. orig_end` otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Run {
-    view: u32,
+    /// A view offset: a view can be longer than its text (NFKC expands U+FDFA to 33 bytes), so
+    /// not bounded by the text's `u32` limit.
+    view: usize,
     orig: u32,
     orig_end: u32,
     step: bool,
@@ -154,10 +156,10 @@ impl View {
     /// extending the last run when it continues it.
     #[inline]
     fn map_next(&mut self, os: u32, oe: u32, step: bool) {
-        let at = self.text.len() as u32;
+        let at = self.text.len();
         if let Some(last) = self.runs.last() {
             let continues = if step {
-                last.step && last.orig + (at - last.view) == os
+                last.step && last.orig as usize + (at - last.view) == os as usize
             } else {
                 !last.step && last.orig == os && last.orig_end == oe
             };
@@ -198,7 +200,7 @@ impl View {
     /// The run holding view byte `i` (`i < text.len()`).
     #[inline]
     fn run_at(&self, i: usize) -> Option<&Run> {
-        let k = self.runs.partition_point(|r| r.view as usize <= i);
+        let k = self.runs.partition_point(|r| r.view <= i);
         self.runs.get(k.checked_sub(1)?)
     }
 
@@ -209,9 +211,9 @@ impl View {
             return None;
         }
         let (a, b) = (self.run_at(start)?, self.run_at(end - 1)?);
-        let s = if a.step { a.orig + (start as u32 - a.view) } else { a.orig };
-        let e = if b.step { b.orig + (end as u32 - b.view) } else { b.orig_end };
-        Some((s as usize, e as usize))
+        let s = if a.step { a.orig as usize + (start - a.view) } else { a.orig as usize };
+        let e = if b.step { b.orig as usize + (end - b.view) } else { b.orig_end as usize };
+        Some((s, e))
     }
 
     /// A view of the same length whose bytes are replaced by `f` (ASCII to ASCII only).
@@ -232,11 +234,12 @@ impl View {
         for &(s, e) in ranges {
             let mut i = s;
             while i < e {
-                let k = self.runs.partition_point(|r| r.view as usize <= i) - 1;
+                let k = self.runs.partition_point(|r| r.view <= i) - 1;
                 let r = self.runs[k];
-                let upto = self.runs.get(k + 1).map_or(self.text.len(), |n| n.view as usize).min(e);
+                let upto = self.runs.get(k + 1).map_or(self.text.len(), |n| n.view).min(e);
                 if r.step {
-                    let os = r.orig + (i as u32 - r.view);
+                    // Step runs are copied ASCII: as long as their stretch of the text.
+                    let os = r.orig + (i - r.view) as u32;
                     v.map_next(os, os + 1, true);
                 } else {
                     v.map_next(r.orig, r.orig_end, false);
