@@ -20,9 +20,13 @@
 //!   before, or a model asked to print a zero-width space after a space) is left as it is and
 //!   the other gaps are marked, so one foreign carrier cannot keep a whole output unmarked; the
 //!   text is never changed but for the inserted runs. [`Watermarker::detect`] reads only runs of
-//!   exactly two carriers (what `embed` writes), so foreign single carriers do not shift the
-//!   frame. A text that quotes a marked excerpt gets its other gaps marked; detection then
-//!   yields the payload with the most copies, or none when the votes split.
+//!   exactly two carriers (what `embed` writes), so a foreign carrier present before marking, one
+//!   alone or three and more in a row, does not shift the frame. A foreign *pair* reads like a
+//!   mark and shifts the frame copy it falls in (a short text can lose its mark; longer ones
+//!   are outvoted by their other copies), and so does a carrier added after marking. A text that
+//!   quotes a marked excerpt gets its other gaps marked; detection then yields the payload with
+//!   the most copies, or none when the votes split (often, when the two parts are of similar
+//!   length).
 //!
 //! # Limits
 //! Anyone who deletes zero-width characters (or retypes the text, or paraphrases it) removes the
@@ -488,9 +492,6 @@ mod tests {
             let out: String = chars.chunks(step).map(|c| s.push(&c.iter().collect::<String>())).collect();
             assert_eq!(out, m, "step {step}");
         }
-        // Single carriers after gaps elsewhere in a marked excerpt do not shift the frame.
-        let noisy = m.replacen(" word30", " \u{2062}word30", 1).replacen(" word50", " \u{2064}word50", 1);
-        assert_eq!(w.detect(&noisy).map(|d| d.payload), Some(4242));
     }
 
     #[test]
