@@ -63,6 +63,9 @@ pub struct Detection {
     pub confidence: f32,
 }
 
+/// What starts a URL for [`excluded_ranges`] and [`StreamWatermarker`].
+const URL_MARKERS: [&str; 2] = ["://", "www."];
+
 /// Byte ranges where no mark may be placed: fenced code blocks, inline code, URLs.
 fn excluded_ranges(text: &str) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
@@ -101,14 +104,16 @@ fn excluded_ranges(text: &str) -> Vec<(usize, usize)> {
         }
         i += 1;
     }
-    // URLs (scheme://… or www.…) up to the next whitespace.
-    for pat in ["://", "www."] {
+    // URLs: from `://` or `www.` up to the next whitespace. A gap character is a space or CJK
+    // punctuation, so only the latter can fall inside one, and only after its `://` or `www.`
+    // (a scheme is ASCII letters): starting there, not at the word's start, lets a stream
+    // watermarker, which cannot look ahead, skip the same gaps (see `StreamWatermarker`).
+    for pat in URL_MARKERS {
         let mut from = 0;
         while let Some(k) = text[from..].find(pat) {
             let k = from + k;
-            let start = text[..k].rfind(|c: char| c.is_whitespace() || c == '(' || c == '<').map(|x| x + 1).unwrap_or(0);
             let end = text[k..].find(char::is_whitespace).map(|x| k + x).unwrap_or(text.len());
-            out.push((start, end));
+            out.push((k, end));
             from = end.max(k + pat.len());
         }
     }
@@ -295,7 +300,8 @@ impl Watermarker {
 
 /// Watermarks a streamed text chunk by chunk, continuing the frame across chunks: the
 /// concatenated output equals [`Watermarker::embed`] of the whole text for texts without code
-/// (fenced blocks and inline code are tracked line by line; marks are never put inside them).
+/// (fenced blocks and inline code are tracked line by line; marks are never put inside them, nor
+/// inside URLs).
 /// Holds back nothing: a mark is written before the first character after a gap, whenever that
 /// character arrives. A gap already followed by a carrier is left unmarked, as in `embed`.
 #[derive(Debug, Clone)]
@@ -306,6 +312,10 @@ pub struct StreamWatermarker {
     prev: Option<char>,
     in_fence: bool,
     in_inline: bool,
+    /// Inside a URL: since `://` or `www.`, until whitespace.
+    in_url: bool,
+    /// The last four characters (for the URL markers).
+    recent: [char; 4],
     line_head: String,
     enabled: bool,
 }
@@ -319,6 +329,8 @@ impl StreamWatermarker {
             prev: None,
             in_fence: false,
             in_inline: false,
+            in_url: false,
+            recent: ['\0'; 4],
             line_head: String::new(),
             enabled,
         }
@@ -335,7 +347,7 @@ impl StreamWatermarker {
                 && self.prev2.is_some_and(|p| !p.is_whitespace() && !is_carrier(p))
                 && !c.is_whitespace()
                 && !is_carrier(c);
-            if gap_before && !self.in_fence && !self.in_inline {
+            if gap_before && !self.in_fence && !self.in_inline && !self.in_url {
                 for _ in 0..PER_GAP {
                     out.push(self.frame[self.k % self.frame.len()]);
                     self.k += 1;
@@ -356,6 +368,12 @@ impl StreamWatermarker {
     }
 
     fn track(&mut self, c: char) {
+        self.recent = [self.recent[1], self.recent[2], self.recent[3], c];
+        if c.is_whitespace() {
+            self.in_url = false;
+        } else if URL_MARKERS.iter().any(|m| m.chars().rev().zip(self.recent.iter().rev()).all(|(a, b)| a == *b)) {
+            self.in_url = true;
+        }
         if c == '\n' {
             self.line_head.clear();
             self.in_inline = false;
@@ -492,6 +510,25 @@ mod tests {
             let out: String = chars.chunks(step).map(|c| s.push(&c.iter().collect::<String>())).collect();
             assert_eq!(out, m, "step {step}");
         }
+    }
+
+    #[test]
+    fn stream_skips_the_gaps_of_urls_as_embed_does() {
+        // CJK punctuation is a gap; inside a URL (after its `://` or `www.`) it is not marked,
+        // before the scheme it is, whatever the chunking (review finding: the stream marked
+        // `www.a，b` while embed did not).
+        let w = Watermarker::new([4; 32]);
+        let t = format!("{} 请看，https://例子。中国/a，b 和 www.a，b 还有，更多 {}", words(40), words(20));
+        let whole = w.embed(&t, 99);
+        assert!(whole.contains("https://例子。中国/a，b") && whole.contains("www.a，b"));
+        assert!(!whole.contains("请看，https"), "the gap before the scheme is marked");
+        for step in [1usize, 2, 5, 1000] {
+            let mut s = StreamWatermarker::new(&w, 99, true);
+            let chars: Vec<char> = t.chars().collect();
+            let out: String = chars.chunks(step).map(|c| s.push(&c.iter().collect::<String>())).collect();
+            assert_eq!(out, whole, "step {step}");
+        }
+        assert_eq!(strip(&whole), t);
     }
 
     #[test]
