@@ -197,11 +197,16 @@ impl View {
         self.text[n - run.len()..].make_ascii_lowercase();
     }
 
-    /// The run holding view byte `i` (`i < text.len()`).
+    /// Index in `runs` of the run holding view byte `i` (`i < text.len()`).
+    #[inline]
+    fn run_index(&self, i: usize) -> Option<usize> {
+        self.runs.partition_point(|r| r.view <= i).checked_sub(1)
+    }
+
+    /// The run holding view byte `i`.
     #[inline]
     fn run_at(&self, i: usize) -> Option<&Run> {
-        let k = self.runs.partition_point(|r| r.view <= i);
-        self.runs.get(k.checked_sub(1)?)
+        self.runs.get(self.run_index(i)?)
     }
 
     /// Maps a half-open byte span of the view to a half-open byte span of the original.
@@ -234,7 +239,7 @@ impl View {
         for &(s, e) in ranges {
             let mut i = s;
             while i < e {
-                let k = self.runs.partition_point(|r| r.view <= i) - 1;
+                let Some(k) = self.run_index(i) else { break };
                 let r = self.runs[k];
                 let upto = self.runs.get(k + 1).map_or(self.text.len(), |n| n.view).min(e);
                 if r.step {
