@@ -442,20 +442,22 @@ mod tests {
         assert_eq!(strip(&m), t);
     }
 
+    /// `text` watermarked by a [`StreamWatermarker`] fed `step` characters at a time.
+    fn streamed(w: &Watermarker, payload: u64, text: &str, step: usize) -> String {
+        let mut s = StreamWatermarker::new(w, payload, true);
+        let chars: Vec<char> = text.chars().collect();
+        let mut out: String = chars.chunks(step).map(|c| s.push(&c.iter().collect::<String>())).collect();
+        out.push_str(&s.finish());
+        out
+    }
+
     #[test]
     fn streaming_equals_whole_for_any_chunking() {
         let w = Watermarker::new([2; 32]);
         let t = format!("{} 早上好，今天天气怎么样？ {}", words(70), words(30));
         let whole = w.embed(&t, 31337);
         for step in [1usize, 2, 3, 7, 50, 1000] {
-            let mut s = StreamWatermarker::new(&w, 31337, true);
-            let mut out = String::new();
-            let chars: Vec<char> = t.chars().collect();
-            for c in chars.chunks(step) {
-                out.push_str(&s.push(&c.iter().collect::<String>()));
-            }
-            out.push_str(&s.finish());
-            assert_eq!(out, whole, "step {step}");
+            assert_eq!(streamed(&w, 31337, &t, step), whole, "step {step}");
         }
         let mut s = StreamWatermarker::new(&w, 1, true);
         let code = "intro text here\n```\nlet a = b + c;\n```\nand `x y` done";
@@ -505,10 +507,7 @@ mod tests {
         assert_eq!(w.detect(&m).map(|d| d.payload), Some(4242));
         // Streaming gives the same text for any chunking.
         for step in [1usize, 3, 64] {
-            let mut s = StreamWatermarker::new(&w, 4242, true);
-            let chars: Vec<char> = t.chars().collect();
-            let out: String = chars.chunks(step).map(|c| s.push(&c.iter().collect::<String>())).collect();
-            assert_eq!(out, m, "step {step}");
+            assert_eq!(streamed(&w, 4242, &t, step), m, "step {step}");
         }
     }
 
@@ -523,10 +522,7 @@ mod tests {
         assert!(whole.contains("https://例子。中国/a，b") && whole.contains("www.a，b"));
         assert!(!whole.contains("请看，https"), "the gap before the scheme is marked");
         for step in [1usize, 2, 5, 1000] {
-            let mut s = StreamWatermarker::new(&w, 99, true);
-            let chars: Vec<char> = t.chars().collect();
-            let out: String = chars.chunks(step).map(|c| s.push(&c.iter().collect::<String>())).collect();
-            assert_eq!(out, whole, "step {step}");
+            assert_eq!(streamed(&w, 99, &t, step), whole, "step {step}");
         }
         assert_eq!(strip(&whole), t);
     }
