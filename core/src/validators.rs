@@ -71,20 +71,37 @@ const IBAN_LENGTHS: [(&str, usize); 75] = [
 /// IBAN check: known country, registered length, ISO 7064 MOD 97-10 remainder 1.
 /// Spaces are ignored.
 pub fn iban_valid(s: &str) -> bool {
-    let compact: String = s.chars().filter(|c| *c != ' ').collect();
-    if compact.len() < 15 || !compact.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
+    // The compact form (spaces removed) is read in place: no copy, no rearranged string.
+    let mut compact = s.bytes().filter(|&b| b != b' ');
+    let (Some(c0), Some(c1)) = (compact.next(), compact.next()) else { return false };
+    let Some(&(_, len)) = IBAN_LENGTHS.iter().find(|(c, _)| c.as_bytes() == [c0, c1]) else { return false };
+    // MOD 97-10 over the rearranged IBAN (characters 5.. then 1..4), each letter read as two
+    // digits (A = 10 ... Z = 35); the country code's letters are known to be capitals.
+    let step = |rem: u32, b: u8| -> Option<u32> {
+        match b {
+            b'0'..=b'9' => Some((rem * 10 + u32::from(b - b'0')) % 97),
+            b'A'..=b'Z' => Some((rem * 100 + u32::from(b - b'A') + 10) % 97),
+            _ => None,
+        }
+    };
+    let mut head = [c0, c1, 0, 0];
+    let mut n = 2;
+    let mut rem = 0;
+    for b in compact {
+        if n < 4 {
+            head[n] = b;
+        } else {
+            let Some(r) = step(rem, b) else { return false };
+            rem = r;
+        }
+        n += 1;
+    }
+    if n != len {
         return false;
     }
-    let cc = &compact[..2];
-    let Some(&(_, len)) = IBAN_LENGTHS.iter().find(|(c, _)| *c == cc) else { return false };
-    if compact.len() != len {
-        return false;
-    }
-    let rearranged = format!("{}{}", &compact[4..], &compact[..4]);
-    let mut rem: u32 = 0;
-    for b in rearranged.bytes() {
-        let v = if b.is_ascii_digit() { (b - b'0') as u32 } else { (b - b'A') as u32 + 10 };
-        rem = if v >= 10 { (rem * 100 + v) % 97 } else { (rem * 10 + v) % 97 };
+    for b in head {
+        let Some(r) = step(rem, b) else { return false };
+        rem = r;
     }
     rem == 1
 }
@@ -235,6 +252,47 @@ mod tests {
         assert!(iban_valid("DE89370400440532013000"));
         assert!(!iban_valid("DE89370400440532013001"));
         assert!(!iban_valid("XX89370400440532013000"));
+        for bad in ["", "G", "GB", "gb82 WEST 1234 5698 7654 32", "GB82 WEST 1234 5698 7654 3", "GB82 WEST 1234 5698 7654 321", "GB8\u{e9} WEST 1234 5698 76"] {
+            assert!(!iban_valid(bad), "{bad}");
+        }
+    }
+
+    /// The MOD 97-10 check as ISO 13616 states it: compact, move the first four characters to
+    /// the end, letters to two digits, remainder 1.
+    fn iban_valid_plain(s: &str) -> bool {
+        let compact: String = s.chars().filter(|c| *c != ' ').collect();
+        if !compact.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) || compact.len() < 4 {
+            return false;
+        }
+        let Some(&(_, len)) = IBAN_LENGTHS.iter().find(|(c, _)| *c == &compact[..2]) else { return false };
+        let digits: String = format!("{}{}", &compact[4..], &compact[..4])
+            .chars()
+            .map(|c| c.to_digit(36).map_or(String::new(), |v| v.to_string()))
+            .collect();
+        compact.len() == len && digits.bytes().fold(0u32, |r, d| (r * 10 + u32::from(d - b'0')) % 97) == 1
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn iban_valid_matches_the_standard(country in proptest::sample::select(vec!["GB", "DE", "NO", "LC", "XX", "gb"]),
+                                           body in "[A-Z0-9]{10,30}", cut in 0usize..40, space in 0usize..30,
+                                           tail in "[a-z\u{e9} ]?") {
+            // Every pair of check digits, on bodies cut to the country's length about half the
+            // time (so that valid IBANs occur), with a space and a stray tail sometimes.
+            let len = IBAN_LENGTHS.iter().find(|(c, _)| *c == country).map_or(22, |&(_, n)| n);
+            let mut body = body.clone();
+            body.truncate(if cut < 20 { len.saturating_sub(4) } else { cut });
+            if space < body.len() {
+                body.insert(space, ' ');
+            }
+            let mut valid = 0;
+            for check in 0..100 {
+                let text = format!("{country}{check:02}{body}{tail}");
+                proptest::prop_assert_eq!(iban_valid(&text), iban_valid_plain(&text), "{:?}", text);
+                valid += usize::from(iban_valid(&text));
+            }
+            proptest::prop_assert!(valid <= 2, "check digits c and c + 97 are the same remainder");
+        }
     }
 
     #[test]
