@@ -281,6 +281,10 @@ enum RunNeed {
 }
 
 impl RunNeed {
+    /// The fewest digits any digit-run need admits ([`RunNeed::Ipv4`]); [`digit_scan`] keeps no
+    /// shorter run.
+    const MIN_DIGITS: usize = 4;
+
     fn admits(self, r: &DigitRun) -> bool {
         match self {
             RunNeed::Card => r.digits >= 13,
@@ -312,6 +316,8 @@ const ASCII_RUN_CLASS: [u8; 128] = {
 /// What one pass over the text finds for the digit gates.
 #[derive(Debug, Default)]
 struct DigitScan {
+    /// The digit runs with at least [`RunNeed::MIN_DIGITS`] digits (no detector runs on a
+    /// shorter one), in text order.
     runs: Vec<DigitRun>,
     /// Maximal runs of `[A-Z0-9 ]` and `char::is_numeric` characters that hold two ASCII
     /// capitals followed by a digit (where every IBAN starts); only `start` and `end` are set.
@@ -406,7 +412,9 @@ fn digit_scan(text: &str) -> DigitScan {
             i += len;
         }
         r.end = i;
-        scan.runs.push(r);
+        if r.digits >= RunNeed::MIN_DIGITS {
+            scan.runs.push(r);
+        }
     }
     scan
 }
@@ -859,7 +867,7 @@ fn idx(e: Entity) -> usize {
 }
 
 /// Raw candidate before overlap resolution.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Cand {
     entity: Entity,
     start: usize,
@@ -1213,17 +1221,45 @@ fn card_prefix(text: &str, s: usize, e: usize) -> Option<usize> {
     None
 }
 
-/// Keeps non-overlapping candidates, preferring lower priority number, then longer spans.
+/// Keeps non-overlapping candidates, preferring lower priority number, then longer spans, then
+/// earlier starts (earlier found on a full tie); returns them ordered by start. Candidates that
+/// overlap nothing (most of them) are kept without the priority pass: choosing within one
+/// cluster of overlapping spans never blocks a span of another, so each cluster is resolved on
+/// its own.
 fn resolve_overlaps(mut c: Vec<Cand>) -> Vec<Cand> {
-    c.sort_by_key(|x| (x.entity.priority(), std::cmp::Reverse(x.end - x.start), x.start));
-    let mut taken: BTreeMap<usize, Cand> = BTreeMap::new();
+    c.sort_by_key(|x| x.start); // stable: full ties keep the order found
+    let mut out = Vec::with_capacity(c.len());
+    let mut cluster: Vec<Cand> = Vec::new();
+    let mut reach = 0;
     for x in c {
-        let overlaps_prev = taken.range(..x.end).next_back().is_some_and(|(_, p)| p.end > x.start);
-        if !overlaps_prev {
-            taken.insert(x.start, x);
+        if !cluster.is_empty() && x.start >= reach {
+            resolve_cluster(&mut cluster, &mut out);
+        }
+        reach = if cluster.is_empty() { x.end } else { reach.max(x.end) };
+        cluster.push(x);
+    }
+    resolve_cluster(&mut cluster, &mut out);
+    out
+}
+
+/// Resolves one cluster of [`resolve_overlaps`] (ordered by start) into `out`, emptying it.
+fn resolve_cluster(cluster: &mut Vec<Cand>, out: &mut Vec<Cand>) {
+    if cluster.len() < 2 {
+        out.append(cluster);
+        return;
+    }
+    cluster.sort_by_key(|x| (x.entity.priority(), std::cmp::Reverse(x.end - x.start), x.start));
+    // Kept spans by start (a cluster can be long: a map keeps this O(n log n)).
+    let mut kept: BTreeMap<usize, Cand> = BTreeMap::new();
+    for &x in cluster.iter() {
+        // Kept spans are disjoint, so an overlap shows with the kept span that starts last
+        // before `x` ends.
+        if kept.range(..x.end).next_back().is_none_or(|(_, p)| p.end <= x.start) {
+            kept.insert(x.start, x);
         }
     }
-    taken.into_values().collect()
+    out.extend(kept.into_values());
+    cluster.clear();
 }
 
 /// Tag numbering state: the same (entity, value) gets the same number within one output or one
@@ -1231,7 +1267,7 @@ fn resolve_overlaps(mut c: Vec<Cand>) -> Vec<Cand> {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TagState {
     /// Per entity (index in [`Entity::ALL`]): value -> its number (1, 2, ... in order seen).
-    seen: [HashMap<String, usize>; Entity::ALL.len()],
+    seen: [HashMap<String, usize, foldhash::fast::RandomState>; Entity::ALL.len()],
 }
 
 impl TagState {
@@ -1668,8 +1704,8 @@ mod tests {
         }
     }
 
-    /// The plain definition of a digit run: maximal runs of `char::is_numeric` and ` .-()+`
-    /// holding a digit.
+    /// The plain definition of a kept digit run: maximal runs of `char::is_numeric` and
+    /// ` .-()+` holding at least [`RunNeed::MIN_DIGITS`] digits.
     fn digit_runs_plain(text: &str) -> Vec<(usize, usize, usize)> {
         let mut runs: Vec<(usize, usize, usize)> = Vec::new();
         let mut cur: Option<(usize, usize, usize)> = None;
@@ -1678,7 +1714,7 @@ mod tests {
                 let r = cur.get_or_insert((i, i, 0));
                 r.1 = i + c.len_utf8();
                 r.2 += usize::from(c.is_numeric());
-            } else if let Some(r) = cur.take().filter(|r| r.2 > 0) {
+            } else if let Some(r) = cur.take().filter(|r| r.2 >= RunNeed::MIN_DIGITS) {
                 runs.push(r);
             }
         }
@@ -1694,7 +1730,7 @@ mod tests {
 
         #[test]
         fn digit_runs_match_their_definition(parts in proptest::collection::vec(proptest::sample::select(vec![
-            "1", "42", "\u{663}", "\u{2167}", "\u{FF14}", " ", "-", ".", "(", ")", "+", "a", "é", "\u{3000}", "x-", "--",
+            "1", "42", "1234", "\u{663}", "\u{2167}", "\u{FF14}", " ", "-", ".", "(", ")", "+", "a", "é", "\u{3000}", "x-", "--",
             "GB", "Q", "DE8", "AB-",
         ]), 0..30)) {
             let text: String = parts.concat();
@@ -1804,7 +1840,7 @@ mod tests {
     #[test]
     fn gates() {
         let spans = |t| digit_runs(t).iter().map(|r| (r.start, r.end, r.digits)).collect::<Vec<_>>();
-        assert_eq!(spans("call 555-0100 now (or +1 2)"), vec![(4, 14, 7), (21, 27, 2)]);
+        assert_eq!(spans("call 555-0100 now (or +1 2), v1.2.3 at 1.2.3.4"), vec![(4, 14, 7), (38, 46, 4)]);
         assert_eq!(spans("no digits here"), vec![]);
         let r = digit_runs("ip 10.0.0.1, ssn 123-45-6789 or (415) 555 0132+")[..].to_vec();
         assert_eq!((r[0].digits, r[0].dots), (5, 3));
@@ -1877,6 +1913,28 @@ mod tests {
     fn assignments() {
         assert_eq!(ents("password=Tr0ub4dor&3x"), vec![(Entity::SecretAssignment, "Tr0ub4dor&3x".into())]);
         assert_eq!(ents("DB_PASSWORD: 'k9#Lm2$vQ8'"), vec![(Entity::SecretAssignment, "k9#Lm2$vQ8".into())]);
+    }
+
+    /// The overlap rule applied to all candidates at once: in priority order, keep what overlaps
+    /// nothing kept.
+    fn resolve_overlaps_plain(mut c: Vec<Cand>) -> Vec<Cand> {
+        c.sort_by_key(|x| (x.entity.priority(), std::cmp::Reverse(x.end - x.start), x.start));
+        let mut kept: Vec<Cand> = Vec::new();
+        for x in c {
+            if kept.iter().all(|p| p.end <= x.start || x.end <= p.start) {
+                kept.push(x);
+            }
+        }
+        kept.sort_by_key(|x| x.start);
+        kept
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn overlaps_resolve_per_cluster_as_at_once(spans in proptest::collection::vec((0usize..60, 1usize..12, 0usize..Entity::ALL.len()), 0..40)) {
+            let c: Vec<Cand> = spans.iter().map(|&(start, len, e)| Cand { entity: Entity::ALL[e], start, end: start + len }).collect();
+            proptest::prop_assert_eq!(resolve_overlaps(c.clone()), resolve_overlaps_plain(c));
+        }
     }
 
     #[test]
