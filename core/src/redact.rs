@@ -562,9 +562,19 @@ fn digit_bounds(t: &str, s: usize, e: usize) -> bool {
 }
 fn check_card(t: &str, s: usize, e: usize) -> bool {
     let v = &t[s..e];
-    let seps: Vec<char> = v.chars().filter(|c| !c.is_ascii_digit()).collect();
-    let consistent = seps.windows(2).all(|w| w[0] == w[1]);
-    consistent && digit_bounds(t, s, e) && is_card_number(&digits_of(v))
+    let mut seps = v.chars().filter(|c| !c.is_ascii_digit());
+    let consistent = seps.next().is_none_or(|first| seps.all(|c| c == first));
+    consistent && digit_bounds(t, s, e) && card_digits(v).is_some_and(|(buf, n)| std::str::from_utf8(&buf[..n]).is_ok_and(is_card_number))
+}
+/// The ASCII digits of `v` on the stack, or `None` past 19 (no card number is longer, ISO/IEC
+/// 7812-1).
+fn card_digits(v: &str) -> Option<([u8; 19], usize)> {
+    let (mut buf, mut n) = ([0u8; 19], 0);
+    for b in v.bytes().filter(u8::is_ascii_digit) {
+        *buf.get_mut(n)? = b;
+        n += 1;
+    }
+    Some((buf, n))
 }
 fn check_ssn(t: &str, s: usize, e: usize) -> bool {
     digit_bounds(t, s, e) && ssn_valid(&t[s..e])
@@ -573,7 +583,7 @@ fn check_iban(t: &str, s: usize, e: usize) -> bool {
     check_token(t, s, e) && iban_valid(&t[s..e])
 }
 fn check_phone(t: &str, s: usize, e: usize) -> bool {
-    let n = digits_of(&t[s..e]).len();
+    let n = t[s..e].bytes().filter(u8::is_ascii_digit).count();
     (7..=15).contains(&n) && digit_bounds(t, s, e)
 }
 fn check_ipv4(t: &str, s: usize, e: usize) -> bool {
@@ -1267,12 +1277,14 @@ fn resolve_cluster(cluster: &mut Vec<Cand>, out: &mut Vec<Cand>) {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TagState {
     /// Per entity (index in [`Entity::ALL`]): value -> its number (1, 2, ... in order seen).
-    seen: [HashMap<String, usize, foldhash::fast::RandomState>; Entity::ALL.len()],
+    /// Each map is made on the entity's first tag: a `RandomState` costs a seed draw, and most
+    /// outputs tag no entity or one.
+    seen: [Option<HashMap<String, usize, foldhash::fast::RandomState>>; Entity::ALL.len()],
 }
 
 impl TagState {
     fn number(&mut self, e: Entity, v: &str) -> usize {
-        let seen = &mut self.seen[idx(e)];
+        let seen = self.seen[idx(e)].get_or_insert_with(HashMap::default);
         if let Some(n) = seen.get(v) {
             return *n;
         }
@@ -1942,6 +1954,20 @@ mod tests {
         let key = format!("sk-proj-{}", "Ab3De5Gh7Jk9Mn2Pq4St6Vw8Yz0".repeat(3));
         let t = format!("OPENAI_API_KEY={key}");
         assert_eq!(ents(&t), vec![(Entity::OpenaiKey, key)]);
+    }
+
+    #[test]
+    fn card_check_wants_one_separator_kind_and_at_most_19_digits() {
+        let t = "pay 4111 1111 1111 1111 now";
+        assert!(check_card(t, 4, 23));
+        let mixed = "pay 4111 1111-1111 1111 now";
+        assert!(!check_card(mixed, 4, 23));
+        let dashes = "pay 4111-1111-1111-1111 now";
+        assert!(check_card(dashes, 4, 23));
+        let long = "41111111111111111111"; // 20 digits, no card number is that long
+        assert!(!check_card(long, 0, long.len()));
+        assert_eq!(card_digits("4111 1111"), Some((*b"41111111\0\0\0\0\0\0\0\0\0\0\0", 8)));
+        assert_eq!(card_digits(long), None);
     }
 
     #[test]
