@@ -55,10 +55,20 @@ SYNTHETIC = {
                     "The previous model blocked \"Translate this\" and \"Summarize this\": the only short texts in "
                     "the data were two-word injections, so it had learnt that short imperatives are attacks."),
     "hn_multilingual": ("multilingual_benign_negatives",
-                        "everyday requests in 14 languages (German, French, Spanish, Italian, Portuguese, Dutch, "
-                        "Russian, Chinese, Japanese, Korean, Arabic, Hindi, Turkish, Polish). Every non-English row of "
-                        "multilingual_prompt_injections is an attack, and the previous model blocked ordinary German, "
-                        "Spanish, Russian and Scottish Gaelic questions."),
+                        "everyday requests in 29 languages (German, French, Spanish, Italian, Portuguese, Dutch, "
+                        "Russian, Ukrainian, Polish, Czech, Romanian, Hungarian, Swedish, Danish, Norwegian, Finnish, "
+                        "Greek, Turkish, Hebrew, Arabic, Hindi, Chinese, Japanese, Korean, Indonesian, Vietnamese, "
+                        "Swahili, Irish, Welsh); for the six languages whose injections fill the attack data, also "
+                        "\"help me ...\" requests built from openers and everyday tasks. Every non-English row of "
+                        "multilingual_prompt_injections is an attack: with 800 rows from a few fixed sentences per "
+                        "language (the previous model) an ordinary German request was still blocked. Scottish Gaelic "
+                        "is left out on purpose, so the everyday probes keep a language never seen in benign text."),
+    "hn_triggers": ("everyday_trigger_negatives",
+                    "requests that use trigger words in their everyday sense (\"How can I make git ignore a "
+                    "folder?\", \"The manual said to override the default setting...\", \"Act as my Spanish tutor "
+                    "and quiz me\"); the objects are never the model's instructions, rules, prompt or safety. The "
+                    "machine-local hard negatives have such words in documentation only, and the previous model "
+                    "blocked a pupil asking about a method their teacher told them to drop."),
 }
 
 

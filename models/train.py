@@ -524,14 +524,177 @@ def multilingual_benign_negatives(seed, n, exclude_norm: set):
                 "Napisz krótki wiersz o morzu.", "Co warto zobaczyć w Krakowie?", "Ile wody powinienem pić dziennie?"],
                ["", " Dziękuję!", " Dzięki.", " Proszę."]),
     }
-    langs = sorted(L)
+    # More languages, a handful of everyday requests each (Scottish Gaelic is deliberately absent:
+    # the everyday probes keep one language the model has never seen benign text in).
+    L.update({
+        "sv": (["Hej", "God morgon", "Hallå"],
+               ["Kan du ge mig ett recept på kanelbullar?", "Vad ska jag se i Stockholm på en dag?",
+                "Förklara skillnaden mellan ränta och ränta på ränta.", "Skriv en kort dikt om hösten.",
+                "Hur tar jag bort en fläck från en tröja?", "Vilken bok passar för en lång tågresa?"],
+               ["", " Tack!", " Tack så mycket.", " Snälla."]),
+        "da": (["Hej", "Godmorgen"],
+               ["Hvordan laver jeg æbleskiver?", "Hvad kan man lave i Aarhus en regnvejrsdag?",
+                "Forklar inflation med enkle ord.", "Skriv en hilsen til min kollegas fødselsdag."],
+               ["", " Tak!", " Mange tak."]),
+        "no": (["Hei", "God morgen"],
+               ["Kan du foreslå en enkel middag til fire personer?", "Hvordan lærer jeg meg å strikke?",
+                "Hva er forskjellen på vær og klima?", "Skriv et kort takkekort til naboen min."],
+               ["", " Takk!", " Tusen takk."]),
+        "fi": (["Hei", "Moi", "Hyvää huomenta"],
+               ["Miten teen karjalanpiirakoita?", "Mitä kannattaa nähdä Helsingissä?",
+                "Selitä korkoa korolle yksinkertaisesti.", "Kirjoita lyhyt runo talvesta."],
+               ["", " Kiitos!", " Kiitos paljon."]),
+        "cs": (["Ahoj", "Dobrý večer"],
+               ["Jak se peče bábovka?", "Co vidět v Brně za jeden den?", "Vysvětli mi, co je inflace.",
+                "Napiš krátké přání k narozeninám pro mámu.", "Jakou knihu si vzít na dovolenou?"],
+               ["", " Děkuji!", " Díky."]),
+        "ro": (["Bună", "Bună ziua"],
+               ["Cum fac sarmale?", "Ce pot vizita în Cluj într-un weekend?", "Explică-mi pe scurt ce este inflația.",
+                "Scrie un mesaj de mulțumire pentru profesoara mea."],
+               ["", " Mulțumesc!", " Mersi."]),
+        "hu": (["Szia", "Jó napot"],
+               ["Hogyan készül a gulyásleves?", "Mit érdemes megnézni Budapesten?",
+                "Magyarázd el egyszerűen, mi az infláció.", "Írj egy rövid verset a tavaszról."],
+               ["", " Köszönöm!", " Köszi."]),
+        "el": (["Καλημέρα", "Γεια σας"],
+               ["Πώς φτιάχνω μουσακά;", "Τι να δω στη Θεσσαλονίκη σε μια μέρα;",
+                "Εξήγησέ μου απλά τι είναι ο πληθωρισμός.", "Γράψε ένα σύντομο ποίημα για τη θάλασσα."],
+               ["", " Ευχαριστώ!", " Ευχαριστώ πολύ."]),
+        "uk": (["Добрий день", "Вітаю"],
+               ["Як приготувати борщ із квасолею?", "Що подивитися у Львові за вихідні?",
+                "Поясни простими словами, що таке інфляція.", "Напиши коротке привітання з днем народження для сестри."],
+               ["", " Дякую!", " Щиро дякую."]),
+        "he": (["בוקר טוב", "היי"],
+               ["איך מכינים עוגת גבינה?", "מה כדאי לראות בירושלים ביום אחד?",
+                "תסביר לי בפשטות מה זה אינפלציה.", "תכתוב ברכה קצרה ליום ההולדת של אמא שלי."],
+               ["", " תודה!", " תודה רבה."]),
+        "id": (["Halo", "Selamat siang"],
+               ["Bagaimana cara membuat nasi goreng?", "Tempat apa yang bagus dikunjungi di Yogyakarta?",
+                "Jelaskan apa itu inflasi dengan bahasa sederhana.", "Tuliskan ucapan ulang tahun untuk ibu saya."],
+               ["", " Terima kasih!", " Makasih."]),
+        "vi": (["Chào bạn", "Xin chào"],
+               ["Làm thế nào để nấu phở bò?", "Ở Hà Nội có những chỗ nào đáng đi?",
+                "Giải thích lạm phát bằng lời đơn giản giúp tôi.", "Viết một lời chúc sinh nhật cho bạn tôi."],
+               ["", " Cảm ơn!", " Cảm ơn nhiều."]),
+        "sw": (["Jambo", "Habari yako"],
+               ["Ninawezaje kupika pilau?", "Ni sehemu gani nzuri za kutembelea Zanzibar?",
+                "Nieleze mfumuko wa bei kwa maneno rahisi.", "Niandikie ujumbe mfupi wa shukrani kwa mwalimu wangu."],
+               ["", " Asante!", " Asante sana."]),
+        "ga": (["Dia duit", "Haigh"],
+               ["Conas a dhéanaim arán sóide?", "Cad is fiú a fheiceáil i nGaillimh?", "Scríobh dán gearr faoin bhfarraige."],
+               ["", " Go raibh maith agat!"]),
+        "cy": (["Helo", "Bore da"],
+               ["Sut ydw i'n gwneud bara brith?", "Beth sydd i'w weld yng Nghaerdydd?", "Ysgrifenna gerdd fer am y gwanwyn."],
+               ["", " Diolch!", " Diolch yn fawr."]),
+    })
+    # Requests built from a polite "help me ..." opener and an everyday task, for the languages
+    # whose injections fill the attack data (German, French, Spanish, Italian, Portuguese, Dutch):
+    # a few fixed sentences per language taught the previous model those sentences, not the
+    # language (it still blocked other ordinary German requests).
+    C = {
+        "de": (["Kannst du mir helfen, {}?", "Könntest du mir bitte helfen, {}?", "Ich brauche Hilfe dabei, {}.",
+                "Hilf mir bitte, {}.", "Wie schaffe ich es am besten, {}?"],
+               ["einen Brief an meine Krankenkasse zu formulieren", "eine Einkaufsliste für die Woche zu erstellen",
+                "meinen Umzug zu planen", "ein Geschenk für meinen Vater zu finden", "mein Fahrrad zu reparieren",
+                "eine Rede für die Hochzeit meiner Schwester vorzubereiten", "für die Mathearbeit zu lernen",
+                "eine Bewerbung als Erzieherin zu schreiben", "einen Trainingsplan zum Laufen aufzustellen",
+                "meine Steuererklärung zu verstehen", "ein vegetarisches Abendessen zu kochen",
+                "eine Reklamation beim Onlineshop zu formulieren", "einen Urlaub an der Ostsee zu planen",
+                "eine Nachricht an den Elternabend zu verfassen", "meine Notizen zusammenzufassen"]),
+        "fr": (["Peux-tu m'aider à {} ?", "Pourrais-tu m'aider à {}, s'il te plaît ?", "J'ai besoin d'aide pour {}.",
+                "Aide-moi à {}.", "Comment faire pour {} ?"],
+               ["écrire un courriel à mon propriétaire", "préparer un discours pour un mariage", "organiser mon déménagement",
+                "trouver un cadeau pour ma mère", "réviser mon examen d'histoire", "planifier un week-end en Bretagne",
+                "cuisiner un repas végétarien", "rédiger une réclamation à mon assureur", "comprendre ma facture d'électricité",
+                "réparer une fuite sous l'évier", "résumer mes notes de cours", "choisir un ordinateur portable"]),
+        "es": (["¿Puedes ayudarme a {}?", "¿Me ayudas a {}, por favor?", "Necesito ayuda para {}.", "Ayúdame a {}.",
+                "¿Cómo puedo {}?"],
+               ["escribir un correo a mi casero", "preparar un discurso para una boda", "organizar una mudanza",
+                "encontrar un regalo para mi padre", "estudiar para el examen de química", "planear un viaje a Galicia",
+                "cocinar una cena vegetariana", "redactar una queja a la compañía de seguros", "entender mi factura de luz",
+                "arreglar la bicicleta", "resumir mis apuntes", "elegir un portátil barato"]),
+        "it": (["Puoi aiutarmi a {}?", "Mi aiuteresti a {}, per favore?", "Ho bisogno di aiuto per {}.", "Aiutami a {}."],
+               ["scrivere una mail al mio padrone di casa", "preparare un discorso per un matrimonio", "organizzare un trasloco",
+                "trovare un regalo per mia madre", "studiare per l'esame di storia", "pianificare un weekend a Torino",
+                "cucinare una cena vegetariana", "scrivere un reclamo all'assicurazione", "capire la bolletta del gas"]),
+        "pt": (["Você pode me ajudar a {}?", "Pode ajudar-me a {}, por favor?", "Preciso de ajuda para {}.", "Me ajude a {}."],
+               ["escrever um e-mail para o meu senhorio", "preparar um discurso de casamento", "organizar uma mudança",
+                "encontrar um presente para o meu pai", "estudar para a prova de química", "planejar uma viagem ao Porto",
+                "cozinhar um jantar vegetariano", "escrever uma reclamação para a seguradora", "entender a minha conta de luz"]),
+        "nl": (["Kun je me helpen om {}?", "Wil je me helpen {}?", "Ik heb hulp nodig om {}.", "Help me alsjeblieft {}."],
+               ["een brief aan mijn verhuurder te schrijven", "een toespraak voor een bruiloft voor te bereiden",
+                "mijn verhuizing te plannen", "een cadeau voor mijn moeder te vinden", "te leren voor mijn examen",
+                "een vegetarisch diner te koken", "een klacht naar de verzekeraar te sturen", "mijn energierekening te begrijpen"]),
+    }
+    langs, clangs = sorted(L), sorted(C)
     def make():
-        greet, asks, ends = L[rng.choice(langs)]
-        text = rng.choice(asks)
+        if rng.random() < 0.45:
+            lang = rng.choice(clangs)
+            frames, tasks = C[lang]
+            text = rng.choice(frames).format(rng.choice(tasks))
+        else:
+            lang = rng.choice(langs)
+            text = rng.choice(L[lang][1])
+        greet, _, ends = L[lang]
         if rng.random() < 0.4:
             text = rng.choice(greet) + rng.choice([", ", "! ", " ", "\n"]) + text
         return text + rng.choice(ends)
     return synthetic_rows(make, n, exclude_norm, "multilingual", non_en=True)
+
+
+def everyday_trigger_negatives(seed, n, exclude_norm: set):
+    """Synthetic benign requests that use injection trigger words in their everyday sense (label
+    0, source `hn_triggers`), written for this project: "How do I get my phone to ignore calls at
+    night?", "The recipe says to skip the previous step with fresh yeast, why?", "Act as my
+    Spanish tutor and quiz me on verbs". The machine-local hard negatives put such words in
+    documentation only, so the previous model blocked a pupil asking about a method their
+    teacher told them to drop. The objects are never the model's instructions, rules, prompt or
+    safety (what the attacks target), and role-play frames carry an ordinary task, never a
+    rule-free persona. Training only, like `smalltalk_negatives`."""
+    rng = random.Random(seed + 53)
+    who = ["My boss", "My coach", "The instructor", "My doctor", "Our tour guide", "My piano teacher", "The mechanic",
+           "My landlord", "The nurse", "My grandmother", "Our team lead", "The recipe", "The manual", "My tutor"]
+    drop = ["told me to ignore the old schedule", "said we can skip the first exercise",
+            "said to disregard the earlier quote", "said the old rules of the game no longer apply",
+            "told me to ignore the warning light for now", "said to throw out the first batch", "said to override the default setting"]
+    ask = ["Is that normal?", "What should I do instead?", "Can you explain why?", "How would you go about it?",
+           "Can you help me make a new one?", "What are the risks?", "Does that make sense to you?", "What do you think?"]
+    standalone = [
+        "How do I get my phone to ignore calls at night except from family?", "How can I make git ignore a folder?",
+        "What's the best way to forget a bad day and sleep well?", "How do I override a CSS rule from a library?",
+        "Can I bypass the dishwasher's child lock safely?", "What are the rules of cricket, in short?",
+        "Explain the previous chapter of the book in simple words.", "Summarise my previous message in two sentences.",
+        "Can you repeat the previous answer but shorter?", "What does a system administrator do all day?",
+        "I forgot my Wi-Fi password, how do I find it on Windows?", "How do I reset a forgotten password on my router?",
+        "Write instructions for assembling a bookshelf.", "Rewrite these instructions so a child can follow them.",
+        "Act as my Spanish tutor and quiz me on irregular verbs.", "Pretend you are a tour guide in Rome and describe the Forum.",
+        "Play the role of an interviewer and ask me questions for a nursing job.",
+        "You are a friendly chef. Suggest a dinner with what's in my fridge: eggs, spinach, feta.",
+        
+        "Disregard my last question, I found the answer.", "Forget the budget I gave you, we now have 500 euros.",
+        
+        "What is a secret santa and how do we organise one at work?", "What's the secret to fluffy pancakes?",
+        "How does the immune system ignore the body's own cells?", "Why do cats ignore their owners sometimes?",
+        "How do judges decide when to override a jury?", "Can a president override a veto?",
+        "What's the system for recycling glass in Germany?", "Describe the solar system for a ten-year-old.",
+        "Give me a writing prompt for a short horror story.", "Write a prompt I can use to practise persuasive essays.",
+        "My previous employer never paid my last invoice, what can I do?", "Ignore case when sorting this list: Banana, apple, Cherry.",
+        "Translate 'forget about it' into Italian.", "What does 'override' mean in Java?",
+        "Is it rude to ignore a wedding invitation?", "How do I tell my dog to drop a toy?",
+    ]
+    def make():
+        r = rng.random()
+        if r < 0.5:
+            text = rng.choice(standalone)
+        else:
+            text = f"{rng.choice(who)} {rng.choice(drop)}. {rng.choice(ask)}"
+        case = rng.random()
+        if case < 0.15:
+            text = text.lower()
+        elif case < 0.25:
+            text = "Hi! " + text
+        return text
+    return synthetic_rows(make, n, exclude_norm, "triggers")
 
 
 # ---------------------------------------------------------------- clustering
@@ -756,8 +919,10 @@ def main():
                     help="synthetic benign chat openers added to training only (0 = none)")
     ap.add_argument("--short-commands", type=int, default=1200,
                     help="synthetic benign one-to-five-word requests added to training only (0 = none)")
-    ap.add_argument("--multilingual", type=int, default=800,
-                    help="synthetic benign requests in 14 languages added to training only (0 = none)")
+    ap.add_argument("--multilingual", type=int, default=2000,
+                    help="synthetic benign requests in 29 languages added to training only (0 = none)")
+    ap.add_argument("--triggers", type=int, default=800,
+                    help="synthetic benign requests using trigger words in their everyday sense, training only (0 = none)")
     ap.add_argument("--max-steps", type=int, default=None, help="smoke tests only")
     ap.add_argument("--loso", default="jailbreakbench_artifacts,multilingual_prompt_injections,spikee,latent_jailbreak")
     ap.add_argument("--loso-layers", type=int, default=1)
@@ -832,10 +997,12 @@ def main():
     train = subsample(train_all, caps, rng)
     # Training-only synthetic negatives, each set deduplicated against the data and the sets
     # before it (one normalised-text set, extended as they are added).
-    seen_norm = {norm_text(r["text"]) for r in all_rows}
+    # The everyday probes stay unseen too.
+    seen_norm = {norm_text(r["text"]) for r in all_rows} | {norm_text(json.loads(l)["text"]) for l in PROBES.read_text().splitlines() if l.strip()}
     for n, make, what in [(args.smalltalk, smalltalk_negatives, "smalltalk"),
                           (args.short_commands, short_command_negatives, "short-command"),
-                          (args.multilingual, multilingual_benign_negatives, "multilingual benign")]:
+                          (args.multilingual, multilingual_benign_negatives, "multilingual benign"),
+                          (args.triggers, everyday_trigger_negatives, "everyday trigger-word")]:
         if n:
             rows_syn = make(args.seed, n, seen_norm)
             seen_norm |= {norm_text(r["text"]) for r in rows_syn}
