@@ -652,10 +652,10 @@ impl Firewall {
         if let Some(c) = &classifier {
             if let (Some(c_score), "ok") = (c.score, c.status.as_str()) {
                 if let Some(mt) = &self.0.cls_thresholds {
-                    // No discount for non-Latin text (`language_unsupported`): with the model
-                    // trained on benign text in 14 languages it changed no decision on the 188
-                    // non-Latin benign dev rows nor on the everyday probes, and cost 12 non-Latin
-                    // injections at 1 % FPR.
+                    // No discount for non-Latin text (`language_unsupported`): with the shipped
+                    // model (benign training text in 29 languages) the classifier alone flags 4 of
+                    // the 190 non-Latin benign dev rows; asking 0.7 instead of 0.5 of them would
+                    // clear one of those and miss 4 of the 93 non-Latin injections (2026-12-07).
                     let mut cal = calibrate(c_score, mt, t.flag, t.block);
                     let alnum = text.chars().filter(|c| c.is_alphanumeric()).take(PHRASE_MAX_CHARS).count();
                     // Too little context for the model alone (see MIN_CLASSIFIER_CHARS and
