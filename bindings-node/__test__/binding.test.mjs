@@ -88,3 +88,18 @@ test('sse stream: split UTF-8 and a value split across events, typed errors', ()
   const p = fw.sseStream({ redact: false })
   assert.equal(p.push('data: dana@example.org\n\n') + p.finish(), 'data: dana@example.org\n\n')
 })
+
+test('the bundled model is the repository bundle', async (t) => {
+  // bindings-node/model is a copy of models/vallum-pi-minilm (prepack, CI): after a retrain a
+  // stale copy would be loaded without a word, since its own MANIFEST still verifies.
+  const { readFileSync, existsSync } = await import('node:fs')
+  const path = await import('node:path')
+  const here = path.dirname(new URL(import.meta.url).pathname)
+  const repo = path.join(here, '..', '..', 'models', 'vallum-pi-minilm', 'MANIFEST')
+  const bundled = path.join(here, '..', 'model', 'MANIFEST')
+  if (!existsSync(repo) || !existsSync(bundled)) {
+    t.skip('not a source checkout with a bundled model')
+    return
+  }
+  assert.ok(readFileSync(bundled).equals(readFileSync(repo)), `${bundled} is older than models/vallum-pi-minilm: copy the bundle again (npm run prepack)`)
+})

@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import json
+from pathlib import Path
 
 import pytest
 
@@ -127,6 +128,20 @@ def test_classifier_is_loaded_from_the_package():
     assert fw.has_classifier, v.classifier
     assert v.classifier["status"] == "ok"
     assert v.classifier["score"] > 0.9
+
+
+def test_bundled_model_is_the_repository_bundle():
+    """The package's copy of the model (vallum/model, written by build_wheel.sh) is the bundle in
+    models/vallum-pi-minilm: after a retrain, a stale copy left in a source checkout would be
+    loaded without a word (its own MANIFEST still verifies)."""
+    repo_manifest = Path(__file__).resolve().parents[2] / "models" / "vallum-pi-minilm" / "MANIFEST"
+    if not repo_manifest.is_file():
+        pytest.skip("not run from a source checkout")
+    d = vallum.bundled_model_dir()
+    assert d is not None, "the wheel must bundle the model"
+    assert Path(d, "MANIFEST").read_bytes() == repo_manifest.read_bytes(), (
+        f"{d} holds an older model than models/vallum-pi-minilm: rebuild with bindings-python/build_wheel.sh"
+    )
 
 
 def test_sse_stream_api():
