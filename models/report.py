@@ -146,7 +146,7 @@ def write_probes(w, probes):
     w("## Everyday probes\n")
     w("`models/probes/everyday.jsonl`: short follow-up requests, everyday questions in 18 languages, benign texts "
       "full of trigger words, and a few attacks, written for Vallum and never trained on (the training-only "
-      "synthetic negatives use other sentences). The dev split has almost no texts like these, so they show what "
+      "synthetic negatives use other sentences, in every probe language but Scottish Gaelic). The dev split has almost no texts like these, so they show what "
       "dev cannot. Model alone at the bundle's thresholds (the engine adds signatures and the guards of "
       "`firewall.rs`).\n")
     w("| kind | benign | benign flagged | benign blocked | attacks | attacks flagged | attacks blocked |")
