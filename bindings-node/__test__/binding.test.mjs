@@ -2,6 +2,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createRequire } from 'node:module'
+import { existsSync, readFileSync } from 'node:fs'
 
 const require = createRequire(import.meta.url)
 const { Firewall, Policy, VallumError } = require('../vallum.js')
@@ -89,17 +90,14 @@ test('sse stream: split UTF-8 and a value split across events, typed errors', ()
   assert.equal(p.push('data: dana@example.org\n\n') + p.finish(), 'data: dana@example.org\n\n')
 })
 
-test('the bundled model is the repository bundle', async (t) => {
+test('the bundled model is the repository bundle', (t) => {
   // bindings-node/model is a copy of models/vallum-pi-minilm (prepack, CI): after a retrain a
   // stale copy would be loaded without a word, since its own MANIFEST still verifies.
-  const { readFileSync, existsSync } = await import('node:fs')
-  const path = await import('node:path')
-  const here = path.dirname(new URL(import.meta.url).pathname)
-  const repo = path.join(here, '..', '..', 'models', 'vallum-pi-minilm', 'MANIFEST')
-  const bundled = path.join(here, '..', 'model', 'MANIFEST')
+  const repo = new URL('../../models/vallum-pi-minilm/MANIFEST', import.meta.url)
+  const bundled = new URL('../model/MANIFEST', import.meta.url)
   if (!existsSync(repo) || !existsSync(bundled)) {
     t.skip('not a source checkout with a bundled model')
     return
   }
-  assert.ok(readFileSync(bundled).equals(readFileSync(repo)), `${bundled} is older than models/vallum-pi-minilm: copy the bundle again (npm run prepack)`)
+  assert.ok(readFileSync(bundled).equals(readFileSync(repo)), 'bindings-node/model is older than models/vallum-pi-minilm: copy the bundle again (npm run prepack)')
 })

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::keys::hmac_sha256;
 use crate::policy::RedactionPolicy;
 use crate::validators::{
-    digits_of, iban_valid, is_card_number, is_placeholder, is_uuid, looks_like_identifier, shannon_entropy,
+    iban_valid, is_card_number, is_placeholder, is_uuid, looks_like_identifier, shannon_entropy,
     ssn_valid,
 };
 
@@ -582,9 +582,12 @@ fn check_ssn(t: &str, s: usize, e: usize) -> bool {
 fn check_iban(t: &str, s: usize, e: usize) -> bool {
     check_token(t, s, e) && iban_valid(&t[s..e])
 }
+/// Number of ASCII digits in `v`.
+fn ascii_digits(v: &str) -> usize {
+    v.bytes().filter(u8::is_ascii_digit).count()
+}
 fn check_phone(t: &str, s: usize, e: usize) -> bool {
-    let n = t[s..e].bytes().filter(u8::is_ascii_digit).count();
-    (7..=15).contains(&n) && digit_bounds(t, s, e)
+    (7..=15).contains(&ascii_digits(&t[s..e])) && digit_bounds(t, s, e)
 }
 fn check_ipv4(t: &str, s: usize, e: usize) -> bool {
     digit_bounds(t, s, e) && t[s..e].parse::<std::net::Ipv4Addr>().is_ok()
@@ -1224,7 +1227,7 @@ fn card_prefix(text: &str, s: usize, e: usize) -> Option<usize> {
     // Try cutting at separators, longest first.
     let cuts: Vec<usize> = v.char_indices().filter(|(_, c)| !c.is_ascii_digit()).map(|(i, _)| s + i).collect();
     for &cut in cuts.iter().rev() {
-        if digits_of(&text[s..cut]).len() >= 13 && check_card(text, s, cut) {
+        if ascii_digits(&text[s..cut]) >= 13 && check_card(text, s, cut) {
             return Some(cut);
         }
     }
