@@ -3,8 +3,10 @@
 //! (`scan_output`) over a JSONL file of model outputs, for profiling on real text:
 //!
 //! ```sh
-//! cargo run --release -p vallum-benches --example scan_throughput -- [--output] FILE.jsonl [PASSES]
+//! cargo run --release -p vallum-benches --example scan_throughput -- [--output] [--policy POLICY.json] FILE.jsonl [PASSES]
 //! ```
+//!
+//! Without `--policy` the built-in defaults run with the classifier off.
 //!
 //! Each line is a JSON object with a `text` field (what `vallum scan` reads). Prints the number
 //! of records with a match (a signature match, or a redaction finding with `--output`) and of
@@ -18,8 +20,22 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1).peekable();
     let output = args.next_if(|a| a == "--output").is_some();
+    let policy_json = match args.next_if(|a| a == "--policy").map(|_| args.next()) {
+        None => r#"{"classifier": {"enabled": false}}"#.to_string(),
+        Some(Some(p)) => match std::fs::read_to_string(&p) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("scan_throughput: {p}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        Some(None) => {
+            eprintln!("scan_throughput: --policy needs a file");
+            return ExitCode::from(2);
+        }
+    };
     let Some(path) = args.next() else {
-        eprintln!("usage: scan_throughput [--output] FILE.jsonl [PASSES]");
+        eprintln!("usage: scan_throughput [--output] [--policy POLICY.json] FILE.jsonl [PASSES]");
         return ExitCode::from(2);
     };
     let passes: usize = match args.next().map(|s| s.parse()) {
@@ -45,8 +61,20 @@ fn main() -> ExitCode {
             None => eprintln!("scan_throughput: line {}: no `text` string, skipped", n + 1),
         }
     }
-    let policy = vallum::Policy::from_json(r#"{"classifier": {"enabled": false}}"#).expect("built-in policy");
-    let fw = vallum::Firewall::builder().policy(policy).build().expect("built-in rules compile");
+    let policy = match vallum::Policy::from_json(&policy_json) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("scan_throughput: policy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let fw = match vallum::Firewall::builder().policy(policy).build() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("scan_throughput: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let bytes: usize = texts.iter().map(String::len).sum();
     let (mut hit, mut matches) = (0, 0);
     for t in &texts {
