@@ -309,7 +309,7 @@ def write(R, repo: Path, plots_dir: Path):
             L.append(f"The transformers row is what a FastAPI team would write with Hugging Face transformers "
                      f"{h.get('version')}: `pipeline(\"text-classification\", device=-1, function_to_apply=\"sigmoid\")` "
                      "over a `BertPreTrainedModel` subclass holding `BertModel(BertConfig(...), add_pooling_layer=False)` "
-                     "(2 layers, hidden 384, 12 heads, strictly loaded with the same fp32 weights as the PyTorch row) "
+                     f"({t.get('layers', '?')} layers, hidden 384, 12 heads, strictly loaded with the same fp32 weights as the PyTorch row) "
                      "plus the masked mean pool and linear head, returning `SequenceClassifierOutput` logits "
                      "(num_labels 1), and a `PreTrainedTokenizerFast` over tokenizer.json; attention implementation "
                      f"`{h.get('attn')}` (transformers' default), {h.get('dtype')}, {h.get('threads', '?')} thread, "

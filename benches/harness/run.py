@@ -569,7 +569,7 @@ def bench_classifier(R, sizes, iters):
     if t is not None:
         if "torch_error" in res and "transformers" not in t:  # died in the transformers row, not this one
             res["transformers_error"] = res.pop("torch_error") + " during the transformers row"
-        d = torch_row(t, {"weights": t["weights"], "torch": t["torch"], "threads": t["threads"]})
+        d = torch_row(t, {"weights": t["weights"], "layers": t.get("layers"), "torch": t["torch"], "threads": t["threads"]})
         res["tools"]["PyTorch fp32 (models/vallum_lib.py)"] = d
         res["torch_vs_ort_max_abs_score_diff"] = max(abs(a - b) for a, b in zip(t["scores"], o_scores))
         log(f"  PyTorch throughput {d['throughput_texts_s']:.1f} texts/s ({t['weights']})")

@@ -7,7 +7,7 @@ Two PyTorch rows over the same fp32 weights, timed on the same job:
    tokenizer.json, padding off, the engine's windowing (equal-length windows batched), PIClassifier
    forward + sigmoid.
 2. transformers: what a FastAPI team would write with Hugging Face transformers. A `BertConfig`
-   matching PIClassifier's constructor (vocab 30522, hidden 384, 2 layers, 12 heads, intermediate
+   matching PIClassifier's constructor (vocab 30522, hidden 384, the weights' layer count, 12 heads, intermediate
    1536, 512 positions, 2 token types, LayerNorm eps 1e-12, exact GELU), `BertModel(config,
    add_pooling_layer=False)` loaded strictly from the same state dict, masked mean pool and the
    Linear(384, 1) head, wrapped as a `BertPreTrainedModel` subclass that returns
@@ -35,7 +35,7 @@ checkpoint train.py saved (what the int8 model was quantized from; not in the re
 
 Timing (both rows): for each job["latency"][size] = {"text", "iters", "warmup"}, `warmup` untimed
 calls then `iters` timed calls (seconds per call); then one timed pass over job["throughput"]
-(one call per text). OUT.json: {"weights", "threads", "torch", "latency": {size: [s, ...]},
+(one call per text). OUT.json: {"weights", "layers", "threads", "torch", "latency": {size: [s, ...]},
 "throughput_s", "scores": [max-over-windows probability per throughput text], "transformers":
 {"version", "attn", "dtype", "device", "threads", "build_log": [warnings transformers logged while
 building the pipeline], "latency", "throughput_s", "scores", "windows_retokenized": {"windows",
@@ -131,7 +131,7 @@ def time_job(score, job, label):
     return res
 
 
-def build_transformers_pipeline(sd, tok, layers=2):
+def build_transformers_pipeline(sd, tok, layers):
     """The Hugging Face row: `transformers.pipeline("text-classification")` over a BertModel that
     holds the weights of `sd` (a PIClassifier state dict: embeddings.*, encoder.layer.N.*,
     classifier.weight [1, 384], classifier.bias [1]) and `tok` (tokenizers.Tokenizer, padding and
@@ -195,6 +195,12 @@ def build_transformers_pipeline(sd, tok, layers=2):
     return clf, info
 
 
+def encoder_layers(sd):
+    """Number of transformer layers in a PIClassifier state dict: the distinct N of its
+    `encoder.layer.N.*` tensors (the shipped model's depth is not fixed here)."""
+    return len({k.split(".")[2] for k in sd if k.startswith("encoder.layer.")})
+
+
 def window_substrings(tok, text, cfg):
     """The engine's windows of `text` as substrings of it: [text] if it has at most
     max_length - 2 body tokens, else for each window of windowing.windows (applied to token
@@ -213,7 +219,6 @@ def main():
     cfg = json.loads((REPO / "models/vallum-pi-minilm/config.json").read_text())
     torch.set_num_threads(1)
     ckpt = os.environ.get("VALLUM_TORCH_CHECKPOINT")
-    model = V.PIClassifier(layers=2)
     if ckpt:
         sd = torch.load(ckpt, map_location="cpu")
         weights = f"fine-tuned fp32 checkpoint ({Path(ckpt).name})"
@@ -221,6 +226,8 @@ def main():
         onnx_path = REPO / "models/vallum-pi-minilm/model.onnx"
         sd = state_dict_from_onnx(onnx_path)
         weights = f"{onnx_path.relative_to(REPO)} dequantized to fp32 (the same model)"
+    layers = encoder_layers(sd)
+    model = V.PIClassifier(layers=layers)
     model.load_state_dict(sd)  # strict: every tensor mapped
     model.eval()
     tok = V.load_tokenizer(REPO / "models/vallum-pi-minilm/tokenizer.json")
@@ -238,12 +245,12 @@ def main():
             best = max(best, float(p.max()))
         return best
 
-    out = {"weights": weights, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    out = {"weights": weights, "layers": layers, "threads": torch.get_num_threads(), "torch": torch.__version__}
     out.update(time_job(score, job, "torch"))
     Path(sys.argv[2]).write_text(json.dumps(out))
 
     try:
-        clf, info = build_transformers_pipeline(sd, tok)
+        clf, info = build_transformers_pipeline(sd, tok, layers)
         print(f"  transformers {info['version']} pipeline built (attention: {info['attn']}, {info['dtype']}, "
               f"{info['device']})", flush=True)
         for rec in info["build_log"]:
