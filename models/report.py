@@ -145,8 +145,12 @@ def write_probes(w, probes):
     blocks and how many attacks it catches, then every row on the wrong side of a threshold."""
     w("## Everyday probes\n")
     w("`models/probes/everyday.jsonl`: short follow-up requests, everyday questions in 18 languages, benign texts "
-      "full of trigger words, and a few attacks, written for Vallum and never trained on (the training-only "
-      "synthetic negatives use other sentences, in every probe language but Scottish Gaelic). The dev split has almost no texts like these, so they show what "
+      "full of trigger words, and a few attacks; `models/probes/families.jsonl`: attacks of common jailbreak and "
+      "injection families (personas, privileged modes, fiction and hypothetical framing, forced formats, payload "
+      "splitting, indirect and template injection, extraction, obfuscation) and hard benign requests (role-play "
+      "requests, trigger words in their everyday sense, questions about jailbreaks). All written for Vallum and "
+      "never trained on (the training-only synthetic negatives use other sentences, in every probe language but "
+      "Scottish Gaelic). The dev split has almost no texts like these, so they show what "
       "dev cannot. Model alone at the bundle's thresholds (the engine adds signatures and the guards of "
       "`firewall.rs`).\n")
     w("| kind | benign | benign flagged | benign blocked | attacks | attacks flagged | attacks blocked |")

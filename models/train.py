@@ -871,7 +871,7 @@ def two_fold_check(rows, scores, cluster_ids):
 
 # ====================================================================== main
 
-PROBES = HERE / "probes" / "everyday.jsonl"
+PROBES = sorted((HERE / "probes").glob("*.jsonl"))
 PINNED = [
     "What is the capital of Australia, and why isn't it Sydney?",
     "Please summarise this meeting transcript in three bullet points for the team.",
@@ -932,7 +932,7 @@ def main():
     ap.add_argument("--loso-train-rows", type=int, default=8000)
     ap.add_argument("--skip-loso", action="store_true")
     ap.add_argument("--probes-only", action="store_true",
-                    help="re-score models/probes/everyday.jsonl with the bundle at --out; merge into the metrics, re-render MODEL.md")
+                    help="re-score models/probes/*.jsonl with the bundle at --out; merge into the metrics, re-render MODEL.md")
     ap.add_argument("--loso-only", action="store_true",
                     help="redo only the LOSO runs; merge into models/reports/<name>-metrics.json, re-render MODEL.md")
     args = ap.parse_args()
@@ -998,7 +998,7 @@ def main():
     # Training-only synthetic negatives, each set deduplicated against the data and the sets
     # before it (one normalised-text set, extended as they are added).
     # The everyday probes stay unseen too.
-    seen_norm = {norm_text(r["text"]) for r in all_rows} | {norm_text(json.loads(l)["text"]) for l in PROBES.read_text().splitlines() if l.strip()}
+    seen_norm = {norm_text(r["text"]) for r in all_rows} | {norm_text(r["text"]) for r in V.probe_rows(PROBES)}
     for n, make, what in [(args.smalltalk, smalltalk_negatives, "smalltalk"),
                           (args.short_commands, short_command_negatives, "short-command"),
                           (args.multilingual, multilingual_benign_negatives, "multilingual benign"),

@@ -341,12 +341,20 @@ def pinned_scores(model_dir, texts):
     return out
 
 
-def probe_results(model_dir, probes_path):
-    """Scores models/probes/everyday.jsonl (short everyday requests, requests in 18 languages,
-    benign texts full of trigger words, and a few attacks; written for Vallum and never trained
-    on) with the bundle's int8 model, as `pinned_scores` does, and marks each row against the
-    bundle's calibrated thresholds. Rows: text, label, kind, score, flag, block."""
-    rows = [json.loads(line) for line in Path(probes_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+def probe_rows(probes_paths):
+    """The rows ({"text", "label", "kind"}) of every probe file, in the order given."""
+    return [json.loads(line) for p in probes_paths
+            for line in Path(p).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def probe_results(model_dir, probes_paths):
+    """Scores the probe files (models/probes/*.jsonl: everyday.jsonl has short everyday
+    requests, requests in 18 languages, benign texts full of trigger words and a few attacks;
+    families.jsonl has attacks of common jailbreak and injection families and hard benign
+    requests; all written for Vallum and never trained on) with the bundle's int8 model, as
+    `pinned_scores` does, and marks each row against the bundle's calibrated thresholds.
+    Rows: text, label, kind, score, flag, block."""
+    rows = probe_rows(probes_paths)
     score, cfg = bundle_scorer(model_dir)
     th = cfg["thresholds"]
     out = []
