@@ -2,7 +2,7 @@
 """Re-export a trained checkpoint without retraining (train.py already exports).
 
     python models/export.py --checkpoint /tmp/vallum-train-work/vallum-pi-minilm.pt \
-        --layers 2 --out models/vallum-pi-minilm
+        --layers 4 --out models/vallum-pi-minilm
 
 Writes <work>/<name>.fp32.onnx (torch.onnx.export, dynamo=False, opset 17), quantises it
 with onnxruntime quantize_dynamic(weight_type=QInt8) into <out>/model.onnx, checks that

@@ -904,7 +904,8 @@ def main():
     ap.add_argument("--data-dir", default=str(V.REPO.parent / "shared" / "data"))
     ap.add_argument("--work-dir", default="/tmp/vallum-train-work", help="checkpoints/intermediate ONNX (outside the repo)")
     ap.add_argument("--name", default=None)
-    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--layers", type=int, default=4,
+                    help="encoder layers kept of all-MiniLM-L6-v2 (4: see models/reports/depth-2026-12-07.md)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--max-len", type=int, default=256, help="tokens incl. [CLS]/[SEP]")
     ap.add_argument("--window-stride", type=int, default=128)
@@ -960,8 +961,8 @@ def main():
     log(f"torch {torch.__version__} threads={torch.get_num_threads()}")
     seed_all(args.seed)
 
-    # Training rows per source at most (~34k rows: about 30 min on one thread for 2 layers and
-    # 3 epochs). The attack-rich sources are used whole: capping them at 3500/2200 rows (the
+    # Training rows per source at most (~40k rows: about 26 min on one thread for 2 layers and
+    # 3 epochs, 58 min for 4 layers). The attack-rich sources are used whole: capping them at 3500/2200 rows (the
     # first shipped model) cost 6 points of dev TPR at 1% FPR (84.3% vs 90.5%).
     caps = {"self_instruct": 2000, "cyberseceval_benign": 1500, "hn_docstring": 2500,
             "hn_markdown": 1200, "hn_gettext_intl": 1200, "hn_changelog": 400}
