@@ -351,8 +351,9 @@ def probe_results(model_dir, probes_paths):
     """Scores the probe files (models/probes/*.jsonl: everyday.jsonl has short everyday
     requests, requests in 18 languages, benign texts full of trigger words and a few attacks;
     families.jsonl has attacks of common jailbreak and injection families and hard benign
-    requests; all written for Vallum and never trained on) with the bundle's int8 model, as
-    `pinned_scores` does, and marks each row against the bundle's calibrated thresholds.
+    requests; languages.jsonl has everyday questions in 20 languages; all written for Vallum
+    and never trained on) with the bundle's int8 model, as `pinned_scores` does, and marks each
+    row against the bundle's calibrated thresholds.
     Rows: text, label, kind, score, flag, block."""
     rows = probe_rows(probes_paths)
     score, cfg = bundle_scorer(model_dir)
