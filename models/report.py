@@ -293,7 +293,7 @@ def write_model_card(out_dir, m):
         lo = m["loso"]
         c = lo["config"]
         w("## Leave-one-source-out\n")
-        w(f"Cheaper config than the shipped model: {c['layers']} layer, {c['epochs']} epoch(s), {c['train_rows']} "
+        w(f"Cheaper config than the shipped model: {c['layers']} layer{'s' if c['layers'] != 1 else ''}, {c['epochs']} epoch(s), {c['train_rows']} "
           f"training rows sampled, trained at {c['max_len']} tokens (lr {c.get('lr', '')}). Each run drops every "
           "cluster that contains a row of the held-out source (so its near-duplicates in other sources go too), "
           "calibrates thresholds on that run's dev benign rows the same way as the shipped model (block: overall 1% "
